@@ -1,0 +1,264 @@
+"""The DA-ITN Control Center as an os-ken app: a thin OpenFlow shim.
+
+It turns switch/link events into calls on pure policy (:mod:`controllers.fabric`,
+:mod:`controllers.itinerary`) and their answers into flow-mods and packet-outs.
+It also serves the DCC service address on the fabric: nodes' DA-ITN control
+messages (UDP to DCC_IP) arrive here as packet-ins and are answered by
+packet-out. State for the testbed runner is written atomically to a JSON file.
+
+Configuration comes from the launcher through environment variables:
+DAITN_FABRIC (expected fabric JSON), DAITN_STATE (state JSON to write),
+DAITN_EVENTS (events JSONL to append).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import networkx as nx
+from os_ken.base import app_manager
+from os_ken.controller import ofp_event
+from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, DEAD_DISPATCHER, set_ev_cls
+from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
+from os_ken.ofproto import ofproto_v1_3
+from os_ken.topology import event as topo_event
+
+from controllers import fabric as fab
+from controllers.itinerary import plan_itinerary
+from nodes import protocol as proto
+
+
+class DCCApp(app_manager.OSKenApp):
+    OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fabric = fab.Fabric.load(os.environ["DAITN_FABRIC"])
+        self.state_path = os.environ["DAITN_STATE"]
+        self.events_path = os.environ["DAITN_EVENTS"]
+        self.datapaths: dict[int, object] = {}
+        self.discovered: set[tuple[int, int, int, int]] = set()
+        self.installed: set[fab.FlowSpec] = set()
+        self.flow_mods_added = 0
+        self.flow_mods_deleted = 0
+        self.converged_at: float | None = None
+        self.started = time.time()
+        self.knowledge: dict[str, dict] = {}
+        self.answers: dict[int, dict] = {}  # task_id -> itinerary answer (idempotent)
+        self.errors = 0
+        self._write_state()
+
+    # ---- bookkeeping -------------------------------------------------------
+    def _event(self, kind: str, **data):
+        rec = {"t": time.time(), "src": "dcc", "kind": kind, **data}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+    def _write_state(self):
+        state = {
+            "pid": os.getpid(),
+            "switches_connected": sorted(self.datapaths),
+            "switches_expected": sorted(self.fabric.switches.values()),
+            "links_discovered": len(self.discovered),
+            "links_expected": len(self.fabric.expected_links()),
+            "link_check": fab.compare_links(self.fabric, self.discovered),
+            "converged": self.converged_at is not None,
+            "converged_after_s": (self.converged_at - self.started) if self.converged_at else None,
+            "flows_installed": self.flow_mods_added,
+            "flows_deleted": self.flow_mods_deleted,
+            "flows_current": len(self.installed),
+            "knowledge": self.knowledge,
+            "errors": self.errors,
+        }
+        tmp = self.state_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f, sort_keys=True, default=list)
+        os.replace(tmp, self.state_path)
+
+    # ---- OpenFlow translation ---------------------------------------------
+    def _send_flow(self, spec: fab.FlowSpec, delete: bool = False):
+        dp = self.datapaths.get(spec.dpid)
+        if dp is None:
+            return False
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        match = parser.OFPMatch(**spec.match_dict())
+        if delete:
+            mod = parser.OFPFlowMod(datapath=dp, cookie=spec.cookie, cookie_mask=(1 << 64) - 1,
+                                    command=ofp.OFPFC_DELETE_STRICT, priority=spec.priority,
+                                    out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=match)
+        else:
+            actions = []
+            for kind, arg in spec.actions:
+                assert kind == "output"
+                port = ofp.OFPP_CONTROLLER if arg == fab.CONTROLLER else arg
+                actions.append(parser.OFPActionOutput(port, ofp.OFPCML_NO_BUFFER))
+            inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
+            mod = parser.OFPFlowMod(datapath=dp, cookie=spec.cookie, priority=spec.priority,
+                                    match=match, instructions=inst)
+        dp.send_msg(mod)
+        return True
+
+    def _apply(self, wanted: set[fab.FlowSpec]):
+        """Move the installed flows to ``wanted`` with the fewest flow-mods."""
+        for spec in sorted(self.installed - wanted, key=str):
+            if self._send_flow(spec, delete=True):
+                self.flow_mods_deleted += 1
+            self.installed.discard(spec)
+        added = 0
+        for spec in sorted(wanted - self.installed, key=str):
+            if self._send_flow(spec):
+                self.installed.add(spec)
+                self.flow_mods_added += 1
+                added += 1
+        return added
+
+    def _wanted_flows(self) -> set[fab.FlowSpec]:
+        wanted = set()
+        for dpid in self.datapaths:
+            wanted.update(fab.service_flows(dpid))
+        if self.converged_at is not None:
+            wanted.update(f for f in fab.forwarding_flows(self.fabric, self.discovered)
+                          if f.dpid in self.datapaths)
+        return wanted
+
+    def _reconcile(self, cause: str):
+        check = fab.compare_links(self.fabric, self.discovered)
+        all_up = set(self.fabric.switches.values()) <= set(self.datapaths)
+        if self.converged_at is None and all_up and not check["missing"]:
+            self.converged_at = time.time()
+            self._event("topology_converged", seconds=self.converged_at - self.started,
+                        switches=len(self.datapaths), links=len(self.discovered),
+                        unexpected_links=check["unexpected"])
+        added = self._apply(self._wanted_flows())
+        if added:
+            self._event("flows_installed", cause=cause, added=added, total=len(self.installed))
+        self._write_state()
+
+    # ---- switch and topology events ----------------------------------------
+    @set_ev_cls(ofp_event.EventOFPSwitchFeatures, CONFIG_DISPATCHER)
+    def _features(self, ev):
+        dp = ev.msg.datapath
+        self.datapaths[dp.id] = dp
+        self.logger.info("switch %s (dpid %d) connected", self.fabric.name_of(dp.id), dp.id)
+        self._event("switch_connected", dpid=dp.id, switch=self.fabric.name_of(dp.id))
+        self._reconcile("switch_connected")
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def _dead(self, ev):
+        dp = ev.datapath
+        if dp.id in self.datapaths:
+            del self.datapaths[dp.id]
+            self.installed = {f for f in self.installed if f.dpid != dp.id}
+            self._event("switch_disconnected", dpid=dp.id)
+            self._write_state()
+
+    @set_ev_cls(topo_event.EventLinkAdd)
+    def _link_add(self, ev):
+        s, d = ev.link.src, ev.link.dst
+        key = (s.dpid, s.port_no, d.dpid, d.port_no)
+        if key not in self.discovered:
+            self.discovered.add(key)
+            self._reconcile("link_discovered")
+
+    @set_ev_cls(topo_event.EventLinkDelete)
+    def _link_delete(self, ev):
+        s, d = ev.link.src, ev.link.dst
+        key = (s.dpid, s.port_no, d.dpid, d.port_no)
+        if key in self.discovered:
+            self.discovered.discard(key)
+            self._event("link_down", link=list(key))
+            self._reconcile("link_down")
+
+    # ---- the DCC service on the fabric -------------------------------------
+    @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
+    def _packet_in(self, ev):
+        msg = ev.msg
+        pkt = packet.Packet(msg.data)
+        eth = pkt.get_protocol(ethernet.ethernet)
+        if eth is None or eth.ethertype == fab.ETH_LLDP:
+            return
+        in_port = msg.match["in_port"]
+        a = pkt.get_protocol(arp.arp)
+        if a is not None and a.opcode == arp.ARP_REQUEST and a.dst_ip == proto.DCC_IP:
+            reply = packet.Packet()
+            reply.add_protocol(ethernet.ethernet(dst=eth.src, src=proto.DCC_MAC, ethertype=fab.ETH_ARP))
+            reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=proto.DCC_MAC, src_ip=proto.DCC_IP,
+                                       dst_mac=a.src_mac, dst_ip=a.src_ip))
+            self._packet_out(msg.datapath, in_port, reply)
+            return
+        ip = pkt.get_protocol(ipv4.ipv4)
+        u = pkt.get_protocol(udp.udp)
+        if ip is None or u is None or ip.dst != proto.DCC_IP or u.dst_port != proto.DCC_UDP_PORT:
+            return
+        payload = pkt.protocols[-1] if isinstance(pkt.protocols[-1], (bytes, bytearray)) else b""
+        try:
+            request = proto.decode(bytes(payload))
+            answer = self._handle(request, ip.src)
+        except proto.ProtocolError as e:
+            self.errors += 1
+            self.logger.warning("bad DA-ITN message from %s: %s", ip.src, e)
+            answer = proto.Message.control(proto.MsgType.ERROR, {"error": str(e)})
+        if answer is None:
+            return
+        reply = packet.Packet()
+        reply.add_protocol(ethernet.ethernet(dst=eth.src, src=proto.DCC_MAC, ethertype=fab.ETH_IPV4))
+        reply.add_protocol(ipv4.ipv4(src=proto.DCC_IP, dst=ip.src, proto=fab.IPPROTO_UDP))
+        reply.add_protocol(udp.udp(src_port=proto.DCC_UDP_PORT, dst_port=u.src_port))
+        reply.add_protocol(answer.encode())
+        self._packet_out(msg.datapath, in_port, reply)
+
+    def _packet_out(self, dp, port, pkt):
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        pkt.serialize()
+        out = parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER, in_port=ofp.OFPP_CONTROLLER,
+                                  actions=[parser.OFPActionOutput(port)], data=pkt.data)
+        dp.send_msg(out)
+
+    def _host_by_ip(self, ip: str) -> str | None:
+        for name, h in self.fabric.hosts.items():
+            if h.ip == ip:
+                return name
+        return None
+
+    def _handle(self, msg: proto.Message, src_ip: str) -> proto.Message | None:
+        node = self._host_by_ip(src_ip) or src_ip
+        if msg.type == proto.MsgType.KNOWLEDGE_REPORT:
+            body = msg.body()
+            first = node not in self.knowledge
+            self.knowledge[node] = {"samples": int(body.get("samples", 0)),
+                                    "label_hist": list(body.get("label_hist", [])),
+                                    "roles": body.get("roles", []), "t": time.time()}
+            if first:
+                self._event("knowledge_report", node=node, samples=self.knowledge[node]["samples"],
+                            label_hist=self.knowledge[node]["label_hist"])
+            self._write_state()
+            return None
+        if msg.type == proto.MsgType.TRAIN_REQUEST:
+            if msg.task_id not in self.answers:
+                body = msg.body()
+                data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k.get("roles", [])}
+                answer = plan_itinerary(node, data_nodes, self._host_distance,
+                                        body.get("required_labels")).to_dict()
+                answer["hosts"] = {n: self.fabric.hosts[n].ip for n in answer["itinerary"]
+                                   if n in self.fabric.hosts}
+                self.answers[msg.task_id] = answer
+                self._event("itinerary", task=msg.task_id, client=node, **answer)
+            return proto.Message.control(proto.MsgType.ITINERARY, self.answers[msg.task_id],
+                                         task_id=msg.task_id, seq=msg.seq)
+        return proto.Message.control(proto.MsgType.ERROR,
+                                     {"error": f"the DCC does not take {msg.type.name} messages"},
+                                     task_id=msg.task_id, seq=msg.seq)
+
+    def _host_distance(self, a: str, b: str) -> int | None:
+        ha, hb = self.fabric.hosts.get(a), self.fabric.hosts.get(b)
+        if ha is None or hb is None:
+            return None
+        g = fab.switch_graph(self.discovered)
+        sa, sb = self.fabric.switches[ha.switch], self.fabric.switches[hb.switch]
+        if sa == sb:
+            return 0
+        try:
+            return nx.shortest_path_length(g, sa, sb)
+        except (nx.NetworkXNoPath, nx.NodeNotFound):
+            return None

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Idempotent machine set-up for the DA-ITN testbed (Debian 12, as root).
+# Installs Debian packages, starts Open vSwitch without systemd, builds the
+# project venv (.venv, sees Debian's mininet) and installs pinned Python deps.
+# A second run on a set-up machine changes nothing: each step checks first.
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$here"
+log() { printf '[setup] %s\n' "$*"; }
+
+if [ "$(id -u)" != 0 ]; then
+  echo "setup.sh: must run as root (it installs packages and starts Open vSwitch); try: sudo make setup" >&2
+  exit 1
+fi
+
+DEB_PKGS="mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
+missing=""
+for p in $DEB_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  log "installing Debian packages:$missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# Open vSwitch: ovs-ctl works with or without systemd; it skips modprobe when
+# the kernel has no openvswitch module (then bridges use the userspace datapath).
+if ovs-vsctl --timeout=2 show >/dev/null 2>&1; then
+  log "Open vSwitch running"
+else
+  log "starting Open vSwitch"
+  /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null
+  ovs-vsctl --timeout=10 show >/dev/null
+fi
+
+VENV="$here/.venv"
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating venv $VENV (system site packages: Debian's mininet)"
+  /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+# Reinstall Python deps only when the pins change.
+stamp="$VENV/.deps-stamp"
+want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing Python deps (torch CPU, os-ken, scapy, ...)"
+  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+else
+  log "Python deps up to date"
+fi
+log "done"

@@ -1,0 +1,189 @@
+"""The emulated network: a Topology built as Mininet hosts on Open vSwitch.
+
+Switches are fail-secure OVS bridges (nothing forwards without the DCC) on the
+kernel datapath when the kernel has the openvswitch module, else userspace
+(netdev) - decided by :mod:`testbed.capabilities`, never guessed. Every bridge
+carries ``external_ids:daitn-run=<run id>`` so clean-up removes only ours.
+Port numbers are assigned explicitly (link order) and exported as a
+:class:`controllers.fabric.Fabric` for the DCC to cross-check discovery.
+"""
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from functools import partial
+
+from controllers.fabric import Fabric, HostPort
+from testbed.capabilities import Capabilities
+from testbed.shaping import egress_commands
+from topologies.model import Topology, dpid_of, is_host, is_switch
+
+RUN_TAG = "daitn-run"
+
+
+class NetworkError(RuntimeError):
+    """The network could not be built; the message says what to do."""
+
+
+def host_ip(host: str) -> str:
+    return str(ipaddress.IPv4Address(0x0A000000 + int(host[1:])))
+
+
+def host_mac(host: str) -> str:
+    n = int(host[1:])
+    return "00:00:00:%02x:%02x:%02x" % ((n >> 16) & 255, (n >> 8) & 255, n & 255)
+
+
+def _sh(cmd: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def existing_bridges() -> set[str]:
+    r = _sh(["ovs-vsctl", "--timeout=5", "list-br"])
+    return set(r.stdout.split()) if r.returncode == 0 else set()
+
+
+def plan_ports(topo: Topology) -> list[tuple[str, int, str, int]]:
+    """(a, a_port, b, b_port) for every link; host side is port 0 (hN-eth0)."""
+    nxt: dict[str, int] = {}
+    out = []
+    for ln in topo.links:
+        ports = []
+        for end in (ln.a, ln.b):
+            if is_host(end):
+                ports.append(0)
+            else:
+                nxt[end] = nxt.get(end, 0) + 1
+                ports.append(nxt[end])
+        out.append((ln.a, ports[0], ln.b, ports[1]))
+    return out
+
+
+def fabric_of(topo: Topology, extra: dict | None = None) -> Fabric:
+    """The fabric the DCC should find: dpids, switch-link ports, host attachment."""
+    ports = plan_ports(topo)
+    links = [p for p in ports if is_switch(p[0]) and is_switch(p[2])]
+    hosts = {}
+    for a, ap, b, bp in ports:
+        if is_host(a) or is_host(b):
+            h, s, sp = (a, b, bp) if is_host(a) else (b, a, ap)
+            hosts[h] = HostPort(h, host_ip(h), host_mac(h), s, sp)
+    return Fabric({s: dpid_of(s) for s in topo.switches}, links, hosts, extra or {})
+
+
+class EmulatedNetwork:
+    """Context manager: builds and starts the network, always stops it."""
+
+    def __init__(self, topo: Topology, run_id: str, caps: Capabilities, controller_port: int,
+                 log=print):
+        self.topo = topo
+        self.run_id = run_id
+        self.caps = caps
+        self.controller_port = controller_port
+        self.log = log
+        self.net = None
+
+    def preflight(self):
+        """Refuse, before creating anything, what this machine cannot emulate faithfully."""
+        if not self.caps.ovs_running:
+            raise NetworkError("Open vSwitch is not running: run `sudo make setup` (starts ovs-ctl)")
+        for ln in self.topo.links:
+            if ln.delay_ms and not self.caps.netem:
+                raise NetworkError(
+                    f"link {ln.a}-{ln.b} asks for delay {ln.delay_ms} ms but this kernel has no "
+                    f"sch_netem, so delay cannot be emulated faithfully; remove the delay (e.g. "
+                    f"--set links.delay=0 or set delay: 0 in the spec) or run in the Vagrant VM "
+                    f"whose kernel has netem")
+            if ln.loss_pct and not (self.caps.netem or self.caps.bpf_loss):
+                raise NetworkError(f"link {ln.a}-{ln.b} asks for loss but neither netem nor "
+                                   f"cls_bpf is available")
+        taken = existing_bridges() & set(self.topo.switches)
+        if taken:
+            raise NetworkError(
+                f"bridges {sorted(taken)} already exist; they may be another run's or someone "
+                f"else's. Run `daitn clean` to remove testbed leftovers (it keeps foreign bridges)")
+        for name in self.topo.hosts + self.topo.switches:
+            if _sh(["ip", "link", "show", f"{name}-eth0" if is_host(name) else f"{name}-eth1"]).returncode == 0:
+                raise NetworkError(f"interface of {name} already exists in the root namespace; "
+                                   f"run `daitn clean`")
+
+    def __enter__(self) -> "EmulatedNetwork":
+        self.preflight()
+        try:
+            self._build()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def _build(self):
+        from mininet.link import Link
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import OVSSwitch, RemoteController
+
+        setLogLevel("error")
+        run_id = self.run_id
+
+        class TaggedOVSSwitch(OVSSwitch):
+            def bridgeOpts(self):
+                return super().bridgeOpts() + f" external_ids:{RUN_TAG}={run_id}"
+
+        switch = partial(TaggedOVSSwitch, datapath=self.caps.datapath, failMode="secure",
+                         protocols="OpenFlow13")
+        net = Mininet(topo=None, build=False, switch=switch, controller=None, link=Link,
+                      autoSetMacs=False, waitConnected=False)
+        self.net = net
+        net.addController(RemoteController("c0", ip="127.0.0.1", port=self.controller_port))
+        for s in self.topo.switches:
+            net.addSwitch(s, dpid="%016x" % dpid_of(s))
+        for h in self.topo.hosts:
+            net.addHost(h, ip=f"{host_ip(h)}/8", mac=host_mac(h))
+        for a, ap, b, bp in plan_ports(self.topo):
+            net.addLink(a, b, port1=ap, port2=bp)
+        net.build()
+        for h in net.hosts:
+            # No IPv6 chatter (router solicitations) on an IPv4 fabric.
+            h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+            if self.caps.datapath == "user":
+                # Userspace datapath + veth: TCP breaks unless TX checksum offload is off.
+                h.cmd(f"ethtool -K {h.defaultIntf()} tx off")
+        self._shape()
+        net.start()
+
+    def intf_name(self, node: str, port: int) -> str:
+        return f"{node}-eth{port}"
+
+    def _shape(self):
+        nodes = {n.name: n for n in self.net.hosts + self.net.switches}
+        for ln, (a, ap, b, bp) in zip(self.topo.links, plan_ports(self.topo)):
+            for node, port in ((a, ap), (b, bp)):
+                intf = self.intf_name(node, port)
+                for c in egress_commands(intf, ln.bw_mbit, ln.loss_pct, ln.delay_ms, self.caps.netem):
+                    out = nodes[node].cmd(c + " 2>&1; echo rc=$?").strip()
+                    if not out.endswith("rc=0"):
+                        raise NetworkError(f"shaping {intf} failed: `{c}` said: {out}")
+
+    def host(self, name: str):
+        return self.net.get(name)
+
+    def host_pids(self) -> dict[str, int]:
+        return {h.name: h.pid for h in self.net.hosts}
+
+    def stop(self):
+        if self.net is None:
+            return
+        net, self.net = self.net, None
+        try:
+            net.stop()
+        finally:
+            # Mininet's stop removes bridges it started; make sure of ours even
+            # if start failed half-way.
+            for br in existing_bridges() & set(self.topo.switches):
+                ext = _sh(["ovs-vsctl", "br-get-external-id", br, RUN_TAG]).stdout.strip()
+                if ext == self.run_id:
+                    _sh(["ovs-vsctl", "--if-exists", "del-br", br])
