@@ -2,7 +2,10 @@
 
 It turns switch/link events into calls on pure policy (:mod:`controllers.fabric`,
 :mod:`controllers.itinerary`) and their answers into flow-mods and packet-outs.
-It also serves the DCC service address on the fabric: nodes' DA-ITN control
+Topology discovery is LLDP, sent and parsed here with os-ken's LLDP codec: we
+run our own probe loop rather than os-ken's topology app, whose port state
+machine loses ports that change state during the OpenFlow handshake (seen on
+fat-trees: links never discovered). It also serves the DCC service address on the fabric: nodes' DA-ITN control
 messages (UDP to DCC_IP) arrive here as packet-ins and are answered by
 packet-out. State for the testbed runner is written atomically to a JSON file.
 
@@ -20,9 +23,10 @@ import networkx as nx
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, DEAD_DISPATCHER, set_ev_cls
+from os_ken.lib import hub
 from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
 from os_ken.ofproto import ofproto_v1_3
-from os_ken.topology import event as topo_event
+from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
 from controllers.itinerary import plan_itinerary
@@ -47,7 +51,11 @@ class DCCApp(app_manager.OSKenApp):
         self.knowledge: dict[str, dict] = {}
         self.answers: dict[int, dict] = {}  # task_id -> itinerary answer (idempotent)
         self.errors = 0
+        self.ports: dict[int, dict[int, str]] = {}  # dpid -> port_no -> hw_addr
+        self.link_seen: dict[tuple[int, int, int, int], float] = {}
+        self.probe_interval = float(os.environ.get("DAITN_LLDP_INTERVAL", "1.0"))
         self._write_state()
+        self.threads.append(hub.spawn(self._probe_loop))
 
     # ---- bookkeeping -------------------------------------------------------
     def _event(self, kind: str, **data):
@@ -71,6 +79,7 @@ class DCCApp(app_manager.OSKenApp):
             "knowledge": self.knowledge,
             "errors": self.errors,
         }
+
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, sort_keys=True, default=list)
@@ -147,28 +156,82 @@ class DCCApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _dead(self, ev):
         dp = ev.datapath
-        if dp.id in self.datapaths:
+        if dp.id in self.datapaths and self.datapaths[dp.id] is dp:
             del self.datapaths[dp.id]
+            self.ports.pop(dp.id, None)
             self.installed = {f for f in self.installed if f.dpid != dp.id}
-            self._event("switch_disconnected", dpid=dp.id)
-            self._write_state()
+            self._event("switch_disconnected", dpid=dp.id, switch=self.fabric.name_of(dp.id))
+            self._drop_links(lambda k: dp.id in (k[0], k[2]), "switch_disconnected")
 
-    @set_ev_cls(topo_event.EventLinkAdd)
-    def _link_add(self, ev):
-        s, d = ev.link.src, ev.link.dst
-        key = (s.dpid, s.port_no, d.dpid, d.port_no)
+    # ---- LLDP topology discovery -------------------------------------------
+    @set_ev_cls(ofp_event.EventOFPStateChange, MAIN_DISPATCHER)
+    def _main(self, ev):
+        dp = ev.datapath
+        dp.send_msg(dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0))
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def _port_desc(self, ev):
+        dp = ev.msg.datapath
+        ports = self.ports.setdefault(dp.id, {})
+        for p in ev.msg.body:
+            if p.port_no <= dp.ofproto.OFPP_MAX:
+                ports[p.port_no] = p.hw_addr
+        self._probe(dp)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def _port_status(self, ev):
+        msg = ev.msg
+        dp, p, ofp = msg.datapath, msg.desc, msg.datapath.ofproto
+        if p.port_no > ofp.OFPP_MAX:
+            return
+        down = msg.reason == ofp.OFPPR_DELETE or bool(p.state & ofp.OFPPS_LINK_DOWN) \
+            or bool(p.config & ofp.OFPPC_PORT_DOWN)
+        if down:
+            self.ports.get(dp.id, {}).pop(p.port_no, None)
+            self._drop_links(lambda k: (k[0], k[1]) == (dp.id, p.port_no) or (k[2], k[3]) == (dp.id, p.port_no),
+                             "port_down")
+        else:
+            self.ports.setdefault(dp.id, {})[p.port_no] = p.hw_addr
+            self._probe(dp)
+
+    def _probe(self, dp):
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        for port_no, hw in sorted(self.ports.get(dp.id, {}).items()):
+            data = LLDPPacket.lldp_packet(dp.id, port_no, hw, 120)
+            dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
+                                            in_port=ofp.OFPP_CONTROLLER,
+                                            actions=[parser.OFPActionOutput(port_no)], data=data))
+
+    def _probe_loop(self):
+        # Probe every port each interval; a link unseen for 3.5 intervals is gone.
+        while True:
+            hub.sleep(self.probe_interval)
+            for dp in list(self.datapaths.values()):
+                self._probe(dp)
+            cutoff = time.time() - 3.5 * self.probe_interval
+            self._drop_links(lambda k: self.link_seen.get(k, 0) < cutoff, "lldp_timeout")
+
+    def _lldp_in(self, msg):
+        try:
+            src_dpid, src_port = LLDPPacket.lldp_parse(msg.data)
+        except Exception:  # not our LLDP (os-ken raises several kinds)
+            return
+        key = (src_dpid, src_port, msg.datapath.id, msg.match["in_port"])
+        self.link_seen[key] = time.time()
         if key not in self.discovered:
             self.discovered.add(key)
             self._reconcile("link_discovered")
 
-    @set_ev_cls(topo_event.EventLinkDelete)
-    def _link_delete(self, ev):
-        s, d = ev.link.src, ev.link.dst
-        key = (s.dpid, s.port_no, d.dpid, d.port_no)
-        if key in self.discovered:
-            self.discovered.discard(key)
-            self._event("link_down", link=list(key))
-            self._reconcile("link_down")
+    def _drop_links(self, pred, cause: str):
+        gone = [k for k in self.discovered if pred(k)]
+        for k in gone:
+            self.discovered.discard(k)
+            self.link_seen.pop(k, None)
+            self._event("link_down", link=list(k), cause=cause)
+        if gone:
+            self._reconcile(cause)
+        else:
+            self._write_state()
 
     # ---- the DCC service on the fabric -------------------------------------
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
@@ -176,7 +239,10 @@ class DCCApp(app_manager.OSKenApp):
         msg = ev.msg
         pkt = packet.Packet(msg.data)
         eth = pkt.get_protocol(ethernet.ethernet)
-        if eth is None or eth.ethertype == fab.ETH_LLDP:
+        if eth is None:
+            return
+        if eth.ethertype == fab.ETH_LLDP:
+            self._lldp_in(msg)
             return
         in_port = msg.match["in_port"]
         a = pkt.get_protocol(arp.arp)

@@ -20,15 +20,15 @@ def main(argv=None) -> int:
     from os_ken.lib import hub
     hub.patch(thread=False)
     from os_ken import cfg
+    from os_ken.base import app_manager  # noqa: F401  (first: breaks an import cycle)
     from os_ken.controller import controller  # noqa: F401  (registers ofp-* options)
-    from os_ken.topology import switches  # noqa: F401  (registers observe-links)
+    from os_ken.topology import switches  # noqa: F401  (registers its options; we use its LLDP codec)
 
-    cfg.CONF(args=["--ofp-tcp-listen-port", str(args.port), "--ofp-listen-host", args.host,
-                   "--observe-links", "--noinstall-lldp-flow"], project="os_ken")
+    cfg.CONF(args=["--ofp-tcp-listen-port", str(args.port), "--ofp-listen-host", args.host], project="os_ken")
     logging.basicConfig(level=logging.INFO, stream=sys.stdout,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from os_ken.base.app_manager import AppManager
-    AppManager.run_apps(["os_ken.topology.switches", "controllers.dcc_app"])
+    AppManager.run_apps(["controllers.dcc_app"])
     return 0
 
 

@@ -10,12 +10,14 @@ Port numbers are assigned explicitly (link order) and exported as a
 from __future__ import annotations
 
 import ipaddress
+import re
 import subprocess
 from functools import partial
 
 from controllers.fabric import Fabric, HostPort
 from testbed.capabilities import Capabilities
 from testbed.shaping import egress_commands
+from testbed.wait import wait_for
 from topologies.model import Topology, dpid_of, is_host, is_switch
 
 RUN_TAG = "daitn-run"
@@ -133,6 +135,12 @@ class EmulatedNetwork:
             def bridgeOpts(self):
                 return super().bridgeOpts() + f" external_ids:{RUN_TAG}={run_id}"
 
+            def start(self, controllers):
+                # Bridges start without a controller; it is attached once every
+                # port is open (see _attach_controller): os-ken's topology app
+                # loses ports that appear during the OpenFlow handshake.
+                super().start([])
+
         switch = partial(TaggedOVSSwitch, datapath=self.caps.datapath, failMode="secure",
                          protocols="OpenFlow13")
         net = Mininet(topo=None, build=False, switch=switch, controller=None, link=Link,
@@ -154,6 +162,38 @@ class EmulatedNetwork:
                 h.cmd(f"ethtool -K {h.defaultIntf()} tx off")
         self._shape()
         net.start()
+        self._attach_controller()
+
+    def _attach_controller(self, timeout: float = 30.0):
+        """Wait until every bridge shows all its ports, then point it at the DCC."""
+        want = {s: set() for s in self.topo.switches}
+        for a, ap, b, bp in plan_ports(self.topo):
+            for n, p in ((a, ap), (b, bp)):
+                if is_switch(n):
+                    want[n].add(p)
+
+        def missing() -> dict:
+            out = {}
+            for s, ports in want.items():
+                r = _sh(["ovs-ofctl", "-O", "OpenFlow13", "show", s])
+                # A port counts once its link is up: a port that turns LIVE during
+                # the OpenFlow handshake is never sent LLDP by os-ken.
+                have = {int(num) for num, state in
+                        re.findall(r"^ (\d+)\(.*?\n(?:\s+\S.*\n)*?\s+state:\s+(\S+)", r.stdout, re.M)
+                        if state == "LIVE"}
+                if ports - have:
+                    out[s] = sorted(ports - have)
+            return out
+
+        wait_for(lambda: not missing(), timeout, "every switch port open and LIVE in Open vSwitch",
+                 last=missing)
+        target = f"tcp:127.0.0.1:{self.controller_port}"
+        args = ["ovs-vsctl"]
+        for s in self.topo.switches:
+            args += ["--", "set-controller", s, target]
+        r = _sh(args)
+        if r.returncode:
+            raise NetworkError(f"could not attach switches to the DCC at {target}: {r.stderr}")
 
     def intf_name(self, node: str, port: int) -> str:
         return f"{node}-eth{port}"

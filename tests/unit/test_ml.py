@@ -79,7 +79,7 @@ def test_dirichlet_impossible_min_size_raises():
     with pytest.raises(ValueError, match="at least"):
         dirichlet_partition(labels, 10, 0.3, seed=0, min_size=6)
     with pytest.raises(ValueError, match="attempts"):
-        # Tiny alpha puts each 5-sample class on one part, so no part of 4 can reach 12 for all.
+        # Tiny alpha puts each 5-sample class whole on one part, so four parts of >= 12 would need 60.
         dirichlet_partition(labels, 4, 0.001, seed=0, min_size=12)
 
 
