@@ -113,6 +113,13 @@ class EmulatedNetwork:
         self.preflight()
         try:
             self._build()
+        except NetworkError:
+            self.stop()
+            raise
+        except Exception as e:  # Mininet raises bare Exceptions
+            self.stop()
+            raise NetworkError(f"building the network failed: {e}; if a previous run left "
+                               f"interfaces behind, run `daitn clean`") from e
         except BaseException:
             self.stop()
             raise
@@ -160,6 +167,12 @@ class EmulatedNetwork:
             if self.caps.datapath == "user":
                 # Userspace datapath + veth: TCP breaks unless TX checksum offload is off.
                 h.cmd(f"ethtool -K {h.defaultIntf()} tx off")
+        for sw in net.switches:
+            for intf in sw.intfList():
+                if intf.name != "lo":
+                    # The root namespace's kernel would otherwise send IPv6 router
+                    # solicitations out of switch ports into the fabric.
+                    _sh(["sysctl", "-qw", f"net.ipv6.conf.{intf.name}.disable_ipv6=1"])
         self._shape()
         net.start()
         self._attach_controller()

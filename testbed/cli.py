@@ -1,0 +1,139 @@
+"""``daitn``: the testbed's command line.
+
+Exit codes: 0 success, 1 a run failed, 2 bad input (spec, topology, usage),
+3 the machine cannot do it (not root, Open vSwitch down, missing kernel feature).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+
+def _need_root(what: str):
+    if os.geteuid() != 0:
+        print(f"daitn {what}: needs root (it builds network namespaces and OVS bridges); "
+              f"try: sudo .venv/bin/daitn {what} ...", file=sys.stderr)
+        sys.exit(3)
+
+
+def cmd_check(a) -> int:
+    from testbed.spec import load_spec
+    spec, topo = load_spec(a.spec, a.set)
+    print(f"{a.spec}: OK - {spec.name}: {topo.name} with {len(topo.switches)} switches, "
+          f"{len(topo.hosts)} hosts, {len(topo.links)} links; {len(spec.hosts_with('data'))} data nodes, "
+          f"{len(spec.tasks)} task(s)")
+    delayed = [f"{ln.a}-{ln.b}" for ln in topo.links if ln.delay_ms]
+    if delayed and os.geteuid() == 0:
+        from testbed.capabilities import probe
+        if not probe().netem:
+            from testbed.spec import SpecError
+            raise SpecError(a.spec, "links", f"links {delayed[:5]} ask for delay but this kernel has no "
+                                             f"sch_netem; `daitn run` would refuse it")
+    elif delayed:
+        print(f"note: {len(delayed)} links ask for delay; whether this machine can emulate it is "
+              f"probed by `daitn run` (as root)")
+    return 0
+
+
+def cmd_run(a) -> int:
+    from testbed.spec import load_spec
+    load_spec(a.spec, a.set)  # bad specs exit 2 before the root check
+    _need_root("run")
+    from testbed.runner import run
+    run_dir = run(a.spec, a.out, a.set, quiet=a.quiet)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return 0 if all(t["reached"] for t in summary["tasks"]) else 1
+
+
+def cmd_doctor(a) -> int:
+    from testbed.capabilities import probe
+    caps = probe()
+    if a.json:
+        print(json.dumps(caps.to_dict(), indent=1))
+        return 0
+    print(f"root: {caps.root}" + ("" if caps.root else "  (run as root for the full probe)"))
+    print(f"Open vSwitch: {'running ' + caps.ovs_version if caps.ovs_running else 'NOT running (sudo make setup)'}")
+    print(f"OVS datapath: {caps.datapath} (kernel module {'present' if caps.ovs_kernel_datapath else 'absent'})")
+    print(f"netem: {caps.netem}   htb: {caps.htb}   cls_bpf random loss: {caps.bpf_loss}")
+    print("tools: " + ", ".join(f"{t}={'yes' if ok else 'no'}" for t, ok in caps.tools.items()))
+    print("feature -> backend:")
+    for f, b in caps.backends().items():
+        print(f"  {f:10s} {b}")
+    return 0
+
+
+def cmd_topo(a) -> int:
+    import topologies
+    from topologies.draw import describe, draw_png
+    if a.topo_cmd == "list":
+        for name, kind in topologies.list_all():
+            print(f"{kind:10s} {name}")
+        return 0
+    topo = topologies.by_name(a.name)
+    print(describe(topo))
+    if a.png:
+        draw_png(topo, a.png)
+        print(f"drawn to {a.png}")
+    return 0
+
+
+def cmd_clean(a) -> int:
+    _need_root("clean")
+    from testbed.clean import clean
+    counts = clean(a.run)
+    print("removed: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="daitn", description="DA-ITN testbed: model-follow-data on an SDN fabric")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run an experiment spec")
+    r.add_argument("spec")
+    r.add_argument("--out", help="run directory (default runs/NAME-RUNID)")
+    r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. seed=3")
+    r.add_argument("--quiet", action="store_true")
+    r.set_defaults(fn=cmd_run)
+    c = sub.add_parser("check", help="validate a spec without running it (no root needed)")
+    c.add_argument("spec")
+    c.add_argument("--set", action="append", metavar="KEY=VALUE")
+    c.set_defaults(fn=cmd_check)
+    d = sub.add_parser("doctor", help="what this machine can emulate")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(fn=cmd_doctor)
+    t = sub.add_parser("topo", help="list or show topologies")
+    ts = t.add_subparsers(dest="topo_cmd", required=True)
+    ts.add_parser("list", help="generators, shipped files and topohub names")
+    sh = ts.add_parser("show", help="describe a topology (and draw it)")
+    sh.add_argument("name", help="e.g. fattree:k=4, sndlib/abilene, topologies/two_switch.yaml")
+    sh.add_argument("--png", help="write a drawing to this PNG file")
+    t.set_defaults(fn=cmd_topo)
+    cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
+    cl.add_argument("--run", help="only leftovers of this run id")
+    cl.set_defaults(fn=cmd_clean)
+    return p
+
+
+def main(argv=None) -> int:
+    from testbed.network import NetworkError
+    from testbed.spec import SpecError
+    from topologies.model import TopologyError
+
+    a = build_parser().parse_args(argv)
+    try:
+        return a.fn(a)
+    except (SpecError, TopologyError) as e:
+        print(f"daitn {a.cmd}: {e}", file=sys.stderr)
+        return 2
+    except NetworkError as e:
+        print(f"daitn {a.cmd}: cannot emulate this: {e}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print(f"daitn {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Run directory results: merged events, flow dumps, summary.json and plots.
+
+Everything here works from files in a finished (or interrupted) run
+directory, so summaries and plots can be remade without re-running.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from controllers import cookies
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    out = []
+    if not path.exists():
+        return out
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a line cut by a crash: the rest stays readable
+    return out
+
+
+class EventWatcher:
+    """Tails node event files and reports progress lines."""
+
+    SHOW = {"itinerary_received", "train", "evaluation", "task_end", "task_result", "error",
+            "transfer_failed", "message_dropped"}
+
+    def __init__(self, run_dir: Path, say):
+        self.dir = run_dir / "events"
+        self.say = say
+        self.offsets: dict[Path, int] = {}
+
+    def poll(self):
+        for p in sorted(self.dir.glob("*.jsonl")):
+            with open(p) as f:
+                f.seek(self.offsets.get(p, 0))
+                chunk = f.read()
+                # keep a partial last line for the next poll
+                cut = chunk.rfind("\n") + 1
+                self.offsets[p] = self.offsets.get(p, 0) + cut
+            for line in chunk[:cut].splitlines():
+                try:
+                    e = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if e.get("kind") in self.SHOW:
+                    self.say(describe(e))
+
+
+def describe(e: dict) -> str:
+    k, s = e["kind"], e["src"]
+    if k == "train":
+        return f"{s}: task {e['task']} hop {e['hop']} (lap {e['lap']}) trained on {e['samples']} samples, loss {e['loss']:.3f}"
+    if k == "evaluation":
+        return f"{s}: task {e['task']} hop {e['hop']} verified by {e['by']}: accuracy {e['accuracy']:.3f}"
+    if k == "itinerary_received":
+        return f"{s}: task {e['task']} itinerary from DCC: {' -> '.join(e['itinerary'])}"
+    if k == "task_result":
+        return f"{s}: task {e['task']} finished: {e['end_reason']} (accuracy {e['accuracy']})"
+    return f"{s}: {k} " + json.dumps({x: y for x, y in e.items() if x not in ('t', 'src', 'kind')})
+
+
+def dump_flows(switches: list[str], flow_dir: Path):
+    for s in switches:
+        r = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", s],
+                           capture_output=True, text=True)
+        (flow_dir / f"{s}.txt").write_text(r.stdout if r.returncode == 0 else f"# dump failed: {r.stderr}")
+
+
+def parse_flow_dump(text: str) -> list[dict]:
+    """Flows in an ``ovs-ofctl dump-flows`` text: cookie, priority, n_packets, raw line."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("cookie="):
+            continue
+        fields = {}
+        for part in line.replace(", ", ",").split(","):
+            if "=" in part and " " not in part.split("=", 1)[0]:
+                k, v = part.split("=", 1)
+                fields[k.strip()] = v.split(" ")[0]
+        prio = next((p.split("=")[1] for p in line.split(",") if p.strip().startswith("priority=")), "0")
+        out.append({"cookie": int(fields["cookie"], 16), "priority": int(prio.split(" ")[0]),
+                    "n_packets": int(fields.get("n_packets", 0)), "line": line})
+    return out
+
+
+def write_events(run_dir: Path, runner_events: list[dict]):
+    """Merge controller, node and runner events into one time-ordered events.jsonl."""
+    evs = list(runner_events) + read_jsonl(run_dir / "dcc-events.jsonl")
+    for p in sorted((run_dir / "events").glob("*.jsonl")):
+        evs += read_jsonl(p)
+    evs.sort(key=lambda e: e.get("t", 0))
+    with open(run_dir / "events.jsonl", "w") as f:
+        for e in evs:
+            f.write(json.dumps(e, sort_keys=True) + "\n")
+
+
+def summarize(run_dir: Path, spec, net_info: dict) -> dict:
+    events = read_jsonl(run_dir / "events.jsonl")
+    tasks = []
+    for t in spec.tasks:
+        tev = [e for e in events if e.get("task") == t.id]
+        visits = [e["src"] for e in tev if e["kind"] == "train"]
+        evals = [e for e in tev if e["kind"] == "evaluation"]
+        plan = next((e["itinerary"] for e in events
+                     if e["kind"] == "itinerary" and e.get("task") == t.id), [])
+        result = next((e for e in tev if e["kind"] == "task_result"), {})
+        transfers = [e for e in tev if e["kind"] == "transfer"]
+        final = evals[-1]["accuracy"] if evals else None
+        tasks.append({
+            "id": t.id, "client": t.client, "target_accuracy": t.target_accuracy,
+            "final_accuracy": final,
+            "reached": final is not None and final >= t.target_accuracy,
+            "end_reason": result.get("end_reason", "no result recorded"),
+            "itinerary": visits, "planned_itinerary": plan, "hops": len(visits),
+            "model_bytes_sent": sum(e["bytes"] for e in transfers),
+            "model_transfers": len(transfers),
+            # No code path ships training samples; counted from events of kind
+            # raw_data_transfer should a mode ever allow it (centralised baseline).
+            "raw_data_bytes_sent": sum(e.get("bytes", 0) for e in tev if e["kind"] == "raw_data_transfer"),
+            "seconds": result.get("seconds"),
+        })
+    flow_count = 0
+    ours = 0
+    for p in sorted((run_dir / "flows").glob("*.txt")):
+        for f in parse_flow_dump(p.read_text()):
+            flow_count += 1
+            ours += cookies.function_of(f["cookie"]) is not None
+    net = dict(net_info, flows_in_dumps=flow_count, flows_in_dumps_with_dcc_cookie=ours)
+    summary = {"mode": spec.mode, "name": spec.name, "seed": spec.seed, "tasks": tasks, "network": net}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def plot(run_dir: Path):
+    """Accuracy vs time per task, each hop marked with the host it trained at."""
+    from matplotlib.figure import Figure
+
+    events = read_jsonl(run_dir / "events.jsonl")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for t in summary["tasks"]:
+        start = next((e["t"] for e in events if e["kind"] == "task_submitted" and e.get("task") == t["id"]), None)
+        evals = [e for e in events if e["kind"] == "evaluation" and e.get("task") == t["id"]]
+        if start is None or not evals:
+            continue
+        xs = [e["t"] - start for e in evals]
+        ys = [e["accuracy"] for e in evals]
+        ax.plot(xs, ys, marker="o", label=f"task {t['id']}")
+        for x, y, e in zip(xs, ys, evals):
+            ax.annotate(e["at"], (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=7)
+        ax.axhline(t["target_accuracy"], ls="--", lw=0.8, color="grey")
+    ax.set_xlabel("seconds since task submission")
+    ax.set_ylabel("MPVU verification accuracy")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"{summary['name']}: accuracy after each hop (label = data node)")
+    ax.grid(alpha=0.3)
+    if summary["tasks"]:
+        ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(run_dir / "plots" / "accuracy_vs_time.png", dpi=120)

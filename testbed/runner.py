@@ -1,0 +1,244 @@
+"""Run an experiment: spec -> controller (DCC) -> network -> nodes -> results.
+
+Every stage is a context manager stopped in ``finally`` (Ctrl-C and SIGTERM
+included), and everything started carries the run id (DAITN_RUN), so a run
+leaves nothing behind however it ends.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from testbed import results
+from testbed.capabilities import probe
+from testbed.controller import REPO_ROOT, ControllerProcess
+from testbed.network import EmulatedNetwork, NetworkError, fabric_of, host_ip
+from testbed.spec import Spec, load_spec
+from testbed.wait import wait_for
+from topologies.model import Topology
+
+
+class RunError(RuntimeError):
+    """The run could not complete; the message says where to look."""
+
+
+def new_run_id() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(2)
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Let SIGTERM unwind like Ctrl-C so every ``finally`` clean-up runs."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+class Progress:
+    """Prints what happens, one line per event of interest (silent with quiet)."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.t0 = time.time()
+
+    def __call__(self, text: str):
+        if not self.quiet:
+            print(f"[{time.time() - self.t0:6.1f}s] {text}", flush=True)
+
+
+@contextmanager
+def captures(net: EmulatedNetwork, intfs: list[str], pcap_dir: Path, run_id: str):
+    """tcpdump on each requested interface, in the namespace that owns it."""
+    procs = []
+    try:
+        for intf in intfs:
+            node = intf.split("-eth")[0]
+            path = pcap_dir / f"{intf}.pcap"
+            cmd = ["tcpdump", "-i", intf, "-w", str(path), "-U", "-s", "256", "-Z", "root"]
+            if node.startswith("h"):
+                p = net.host(node).popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            else:
+                p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     env=dict(os.environ, DAITN_RUN=run_id))
+            procs.append((intf, p))
+        for intf, p in procs:
+            wait_for(lambda: (pcap_dir / f"{intf}.pcap").exists() or p.poll() is not None, 10,
+                     f"tcpdump to start on {intf}")
+            if p.poll() is not None:
+                raise RunError(f"tcpdump on {intf} exited: {p.stderr.read().decode(errors='replace')}")
+        yield
+    finally:
+        for _, p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for _, p in procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@contextmanager
+def node_processes(run_dir: Path, conf: dict, run_id: str):
+    """The node launcher (one parent, one forked child per host)."""
+    path = run_dir / "nodes.json"
+    path.write_text(json.dumps(conf, indent=1))
+    env = dict(os.environ, DAITN_RUN=run_id,
+               PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = open(run_dir / "logs" / "nodes.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "nodes.launcher", str(path)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+                            start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        log.close()
+
+
+def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int]) -> dict:
+    return {
+        "run_dir": str(run_dir), "seed": spec.seed,
+        "hosts": {h: {"pid": pids[h], "ip": host_ip(h), "roles": roles}
+                  for h, roles in sorted(spec.nodes.items(), key=lambda kv: int(kv[0][1:]))},
+        "data": spec.data.model_dump(), "model": spec.model.model_dump(),
+        "training": spec.training.model_dump(), "tasks": [t.model_dump() for t in spec.tasks],
+        "mpvu": spec.hosts_with("mpvu")[0], "data_nodes": spec.hosts_with("data"),
+    }
+
+
+def manifest(spec: Spec, run_id: str, caps, spec_path: str) -> dict:
+    import importlib.metadata as md
+
+    def ver(pkg):
+        try:
+            return md.version(pkg)
+        except md.PackageNotFoundError:
+            return None
+
+    return {
+        "run_id": run_id, "spec": spec_path, "name": spec.name, "seed": spec.seed,
+        "started": datetime.now(timezone.utc).isoformat(),
+        "machine": {"hostname": platform.node(), "kernel": platform.release(),
+                    "python": platform.python_version(), "cpus": os.cpu_count()},
+        "versions": {p: ver(p) for p in ("torch", "os-ken", "scapy", "topohub", "networkx", "numpy",
+                                         "scikit-learn", "mininet")},
+        "capabilities": caps.to_dict(),
+    }
+
+
+def run(spec_path: str, out: str | None = None, overrides: list[str] | None = None,
+        quiet: bool = False) -> Path:
+    spec, topo = load_spec(spec_path, overrides)  # SpecError before anything starts
+    say = Progress(quiet)
+    caps = probe()
+    run_id = new_run_id()
+    # Refuse what cannot be emulated (delay without netem, taken bridge names)
+    # before anything, even the run directory, is created.
+    EmulatedNetwork(topo, run_id, caps, 0).preflight()
+    run_dir = Path(out) if out else REPO_ROOT / "runs" / f"{spec.name}-{run_id}"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"output directory {run_dir} is not empty; choose another --out")
+    for sub in ("pcaps", "flows", "logs", "plots", "events", "results"):
+        (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.resolved.yaml").write_text(
+        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    man = manifest(spec, run_id, caps, str(spec_path))
+    (run_dir / "manifest.json").write_text(json.dumps(man, indent=1))
+    os.environ["DAITN_RUN"] = run_id  # Mininet host shells inherit the tag
+    runner_events = []
+
+    def ev(kind, **data):
+        runner_events.append({"t": time.time(), "src": "testbed", "kind": kind, **data})
+
+    say(f"run {run_id}: {spec.name} on {topo.name} ({len(topo.switches)} switches, "
+        f"{len(topo.hosts)} hosts), {caps.datapath}space OVS -> {run_dir}")
+    fabric = fabric_of(topo, extra={"roles": spec.nodes})
+    net_info = {"hosts": len(topo.hosts), "switches": len(topo.switches), "links": len(topo.links),
+                "datapath": caps.datapath}
+    try:
+        with sigterm_as_interrupt(), ExitStack() as stack:
+            ctl = stack.enter_context(ControllerProcess(run_dir, fabric, run_id,
+                                                        lldp_interval=spec.controller.lldp_interval_s))
+            t0 = time.time()
+            net = stack.enter_context(EmulatedNetwork(topo, run_id, caps, ctl.port, log=say))
+            net_info["setup_seconds"] = round(time.time() - t0, 3)
+            ev("network_up", seconds=net_info["setup_seconds"])
+            say(f"network up in {net_info['setup_seconds']:.1f} s; waiting for the DCC to learn the topology")
+            t1 = time.time()
+            st = ctl.wait_converged(spec.controller.converge_timeout_s)
+            net_info["convergence_seconds"] = round(time.time() - t1, 3)
+            ev("dcc_converged", seconds=net_info["convergence_seconds"], links=st["links_discovered"])
+            say(f"DCC converged in {net_info['convergence_seconds']:.1f} s: {st['links_discovered']} "
+                f"directed links, {st['flows_installed']} flows installed")
+            stack.enter_context(captures(net, spec.capture, run_dir / "pcaps", run_id))
+            conf = node_config(spec, topo, run_dir, net.host_pids())
+            nodes = stack.enter_context(node_processes(run_dir, conf, run_id))
+            data_nodes = set(spec.hosts_with("data"))
+
+            def known():
+                if nodes.poll() is not None:
+                    raise RunError(f"node processes exited early; see {run_dir/'logs'}")
+                return data_nodes <= set(ctl.state().get("knowledge", {}))
+
+            wait_for(known, 120, "knowledge reports from every data node at the DCC",
+                     last=lambda: sorted(ctl.state().get("knowledge", {})))
+            say(f"DCC has knowledge reports from {len(data_nodes)} data nodes; clients start")
+            ev("clients_go")
+            (run_dir / ".go").touch()
+            deadline = time.time() + max(t.deadline_s for t in spec.tasks) + 90
+            watcher = results.EventWatcher(run_dir, say)
+            while nodes.poll() is None:
+                watcher.poll()
+                if not ctl.alive():
+                    raise RunError(f"the controller died; see {ctl.log_path}")
+                if time.time() > deadline:
+                    raise RunError("tasks did not finish within their deadline + 90 s; see logs/")
+                time.sleep(0.2)
+            watcher.poll()
+            if nodes.returncode != 0:
+                say(f"node launcher exited with {nodes.returncode}; see {run_dir/'logs'}/nodes.log")
+            results.dump_flows(topo.switches, run_dir / "flows")
+            net_info["flows_installed_by_dcc"] = ctl.state().get("flows_installed")
+            errs = ctl.logged_exceptions()
+            if errs:
+                ev("controller_errors", lines=errs[:20])
+    except KeyboardInterrupt:
+        say("interrupted: everything this run started has been stopped")
+        raise
+    finally:
+        (run_dir / ".go").unlink(missing_ok=True)
+        os.environ.pop("DAITN_RUN", None)
+        results.write_events(run_dir, runner_events)
+    summary = results.summarize(run_dir, spec, net_info)
+    results.plot(run_dir)
+    for t in summary["tasks"]:
+        say(f"task {t['id']}: {'reached' if t['reached'] else 'missed'} target {t['target_accuracy']} "
+            f"(final {t['final_accuracy']}) after {t['hops']} hops via {' -> '.join(t['itinerary'])}; "
+            f"{t['model_bytes_sent']} model bytes sent, end: {t['end_reason']}")
+    say(f"results in {run_dir}")
+    return run_dir
+
+
+__all__ = ["run", "RunError", "NetworkError"]
