@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-DEB_PKGS="mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
+DEB_PKGS="make mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
 missing=""
 for p in $DEB_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -47,8 +47,16 @@ stamp="$VENV/.deps-stamp"
 want="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing Python deps (torch CPU, os-ken, scapy, ...)"
-  "$VENV/bin/pip" install -q --disable-pip-version-check -r requirements.txt
-  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+  pip_q() {  # pip, minus its noise about this machine's absent extra local indexes
+    local rc=0
+    "$VENV/bin/pip" install -q --disable-pip-version-check "$@" > /tmp/daitn-pip.log 2>&1 || rc=$?
+    grep -v "is ignored: it is neither" /tmp/daitn-pip.log || true
+    return $rc
+  }
+  pip_q -r requirements.txt
+  pip_q --no-deps --no-build-isolation -e .
+  "$VENV/bin/python" -c "import torch, os_ken, scapy, topohub, mininet.net" \
+    || { echo "setup.sh: Python deps did not install; see pip's output above" >&2; exit 1; }
   echo "$want" > "$stamp"
 else
   log "Python deps up to date"

@@ -173,8 +173,10 @@ class EmulatedNetwork:
                     # The root namespace's kernel would otherwise send IPv6 router
                     # solicitations out of switch ports into the fabric.
                     _sh(["sysctl", "-qw", f"net.ipv6.conf.{intf.name}.disable_ipv6=1"])
-        self._shape()
         net.start()
+        # Shape only after net.start(): adding a port to a bridge makes OVS reset
+        # its qdisc (it owns QoS on its ports), which wiped shaping done before.
+        self._shape()
         self._attach_controller()
 
     def _attach_controller(self, timeout: float = 30.0):
