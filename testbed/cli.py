@@ -19,21 +19,22 @@ def _need_root(what: str):
 
 
 def cmd_check(a) -> int:
-    from testbed.spec import load_spec
+    from testbed.spec import SpecError, load_spec
     spec, topo = load_spec(a.spec, a.set)
-    print(f"{a.spec}: OK - {spec.name}: {topo.name} with {len(topo.switches)} switches, "
-          f"{len(topo.hosts)} hosts, {len(topo.links)} links; {len(spec.hosts_with('data'))} data nodes, "
-          f"{len(spec.tasks)} task(s)")
     delayed = [f"{ln.a}-{ln.b}" for ln in topo.links if ln.delay_ms]
+    note = ""
     if delayed and os.geteuid() == 0:
         from testbed.capabilities import probe
         if not probe().netem:
-            from testbed.spec import SpecError
             raise SpecError(a.spec, "links", f"links {delayed[:5]} ask for delay but this kernel has no "
-                                             f"sch_netem; `daitn run` would refuse it")
+                                             f"sch_netem, so `daitn run` would refuse it; use "
+                                             f"--set links.delay=0 --set links.override=true")
     elif delayed:
-        print(f"note: {len(delayed)} links ask for delay; whether this machine can emulate it is "
-              f"probed by `daitn run` (as root)")
+        note = (f"\nnote: {len(delayed)} links ask for delay; whether this machine can emulate it is "
+                f"probed as root (daitn check as root, or daitn run)")
+    print(f"{a.spec}: OK - {spec.name}: {topo.name} with {len(topo.switches)} switches, "
+          f"{len(topo.hosts)} hosts, {len(topo.links)} links; {len(spec.hosts_with('data'))} data nodes, "
+          f"{len(spec.tasks)} task(s){note}")
     return 0
 
 

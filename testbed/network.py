@@ -93,9 +93,9 @@ class EmulatedNetwork:
             if ln.delay_ms and not self.caps.netem:
                 raise NetworkError(
                     f"link {ln.a}-{ln.b} asks for delay {ln.delay_ms} ms but this kernel has no "
-                    f"sch_netem, so delay cannot be emulated faithfully; remove the delay (e.g. "
-                    f"--set links.delay=0 or set delay: 0 in the spec) or run in the Vagrant VM "
-                    f"whose kernel has netem")
+                    f"sch_netem, so delay cannot be emulated faithfully. Remove the delay (`--set "
+                    f"links.delay=0 --set links.override=true` replaces every link's delay, e.g. "
+                    f"topohub's propagation delays) or run in the Vagrant VM, whose kernel has netem")
             if ln.loss_pct and not (self.caps.netem or self.caps.bpf_loss):
                 raise NetworkError(f"link {ln.a}-{ln.b} asks for loss but neither netem nor "
                                    f"cls_bpf is available")

@@ -35,6 +35,8 @@ class LinkDefaults(_Strict):
     bw: float | None = Field(None, gt=0, description="Mbit/s")
     delay: float | None = Field(None, ge=0, description="one-way delay, ms (needs netem)")
     loss: float | None = Field(None, ge=0, le=100, description="random loss per direction, %")
+    override: bool = Field(False, description="replace the topology's own link values (e.g. "
+                                              "topohub propagation delays) instead of filling unset ones")
 
 
 class DataSpec(_Strict):
@@ -150,7 +152,10 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Spe
 def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
     try:
         topo = topologies.resolve(spec.topology, base_dir=str(base_dir))
-        topo = topo.with_link_defaults(spec.links.bw, spec.links.delay, spec.links.loss)
+        if spec.links.override:
+            topo = topo.with_link_values(spec.links.bw, spec.links.delay, spec.links.loss)
+        else:
+            topo = topo.with_link_defaults(spec.links.bw, spec.links.delay, spec.links.loss)
         topo.validate()
     except TopologyError as e:
         raise SpecError(file, "topology", str(e)) from None

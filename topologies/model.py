@@ -102,6 +102,20 @@ class Topology:
         ]
         return replace(self, links=links)
 
+    def with_link_values(self, bw_mbit=None, delay_ms=None, loss_pct=None) -> "Topology":
+        """Set link parameters on every link, replacing the topology's own
+        values for each parameter that is given (not None)."""
+        links = [
+            replace(
+                ln,
+                bw_mbit=bw_mbit if bw_mbit is not None else ln.bw_mbit,
+                delay_ms=delay_ms if delay_ms is not None else ln.delay_ms,
+                loss_pct=loss_pct if loss_pct is not None else ln.loss_pct,
+            )
+            for ln in self.links
+        ]
+        return replace(self, links=links)
+
     def validate(self) -> "Topology":
         """Check names, attachment and parameters; raise TopologyError naming the culprit."""
         where = f"topology {self.name!r}"
