@@ -26,7 +26,9 @@ def loss_bpf_bytecode(loss_pct: float) -> str:
     """
     if not 0 <= loss_pct <= 100:
         raise ValueError(f"loss must be within 0..100 %, got {loss_pct}")
-    threshold = min(int(round(loss_pct / 100 * 2**32)), 2**32 - 1)
+    if loss_pct >= 100:
+        return f"1,6 0 0 {TC_ACT_SHOT}"  # the threshold cannot exceed 2**32-1: drop outright
+    threshold = int(round(loss_pct / 100 * 2**32))
     ld_rand = "32 0 0 4294963256"       # BPF_LD|BPF_W|BPF_ABS, SKF_AD_OFF + SKF_AD_RANDOM
     jge = f"53 1 0 {threshold}"         # BPF_JMP|BPF_JGE|BPF_K: A >= k -> skip 1 (pass)
     return f"4,{ld_rand},{jge},6 0 0 {TC_ACT_SHOT},6 0 0 {TC_ACT_UNSPEC}"
@@ -42,6 +44,8 @@ def egress_commands(intf: str, bw_mbit: float | None, loss_pct: float | None,
                     delay_ms: float | None, netem: bool, queue_pkts: int = 1000) -> list[str]:
     """Commands (without namespace prefix) to shape ``intf``'s egress; [] if unshaped."""
     loss = loss_pct or 0.0
+    if not 0 <= loss <= 100:
+        raise ValueError(f"{intf}: loss must be within 0..100 %, got {loss}")
     if not bw_mbit and not loss and not delay_ms:
         return []
     if delay_ms and not netem:

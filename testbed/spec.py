@@ -180,11 +180,13 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
             raise SpecError(file, f"tasks.{i}.client", f"{t.client!r} does not have the role 'client'")
     if not spec.tasks:
         raise SpecError(file, "tasks", "at least one task is needed")
+    from testbed.network import plan_ports  # pure; imports no mininet
+    intfs = {f"{n}-eth{p}" for a, ap, b, bp in plan_ports(topo) for n, p in ((a, ap), (b, bp))}
     for i, intf in enumerate(spec.capture):
-        node, _, port = intf.partition("-eth")
-        if node not in hosts | set(topo.switches) or not port.isdigit():
+        if intf not in intfs:
             raise SpecError(file, f"capture.{i}", f"{intf!r} is not an interface of this topology "
-                                                  f"(use names like h1-eth0 or s1-eth2)")
+                                                  f"(hosts have hN-eth0, switch sN has sN-eth1.."
+                                                  f"sN-eth<degree>; see `daitn topo show`)")
     return topo
 
 

@@ -104,8 +104,6 @@ def test_full_loss_drops(r):
     assert run_bpf(insns, r) == TC_ACT_SHOT
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: loss 100% clamps the jge threshold to 2**32-1, so "
-                                        "rand == 2**32-1 passes (1 packet in 2**32 survives)")
 def test_full_loss_drops_even_max_random():
     insns = parse_bpf(loss_bpf_bytecode(100))
     assert run_bpf(insns, U32 - 1) == TC_ACT_SHOT

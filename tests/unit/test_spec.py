@@ -253,3 +253,12 @@ def test_override_can_fix_a_bad_spec(tmp_path):
     p = bad_spec(tmp_path, lambda d: d.update(links={"bw": -5}))
     spec, _ = load_spec(p, ["links.bw=10"])
     assert spec.links.bw == 10
+
+
+@pytest.mark.parametrize("intf", ["s1-eth99", "h1-eth3", "s1-eth0"])
+def test_capture_port_must_exist(tmp_path, intf):
+    d = copy.deepcopy(GOOD)
+    d["capture"] = [intf]
+    with pytest.raises(SpecError) as ei:
+        load_spec(write(tmp_path, d))
+    assert ei.value.field == "capture.0"
