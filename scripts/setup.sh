@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-DEB_PKGS="make mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
+DEB_PKGS="make vagrant mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
 missing=""
 for p in $DEB_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -22,6 +22,8 @@ if [ -n "$missing" ]; then
   log "installing Debian packages:$missing"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # --no-install-recommends: vagrant would otherwise pull ~400 packages (libvirt);
+  # `vagrant validate` (tested) needs none of them.
   apt-get install -y -qq --no-install-recommends $missing >/dev/null
 else
   log "Debian packages present"

@@ -9,6 +9,9 @@ Only objects that carry the testbed's marks are touched:
 * Open vSwitch bridges with ``external_ids:daitn-run`` (see
   :data:`testbed.network.RUN_TAG`), and afterwards those of their ports' veth
   interfaces that still exist in the root namespace;
+* root-namespace veths whose alias (``ip link set dev X alias``) is
+  ``daitn-run=<run id>``: the network tags switch-side veths as soon as it
+  makes them, before any bridge exists;
 * network namespaces named ``daitnprobe*`` (left by an interrupted capability
   probe). They belong to no run, so they are removed only when no ``run_id``
   is given: a run-scoped clean must not break a probe running concurrently.
@@ -202,6 +205,25 @@ def _root_link_exists(name: str) -> bool:
     return _sh(["ip", "-o", "link", "show", "dev", name]).returncode == 0
 
 
+def _tagged_veths(run_id: str | None) -> list[str]:
+    """Root-namespace veths whose alias carries our tag (set when links are
+    made, before their bridge exists: a run killed in between leaves these)."""
+    out = []
+    for name in sorted(os.listdir("/sys/class/net")):
+        try:
+            with open(f"/sys/class/net/{name}/ifalias") as f:
+                alias = f.read().strip()
+        except OSError:
+            continue
+        if not alias.startswith(RUN_TAG + "="):
+            continue
+        if run_id is not None and alias != f"{RUN_TAG}={run_id}":
+            continue
+        if _root_veth(name):
+            out.append(name)
+    return out
+
+
 # --- namespaces --------------------------------------------------------------
 
 def _probe_namespaces() -> list[str]:
@@ -217,7 +239,7 @@ def _probe_namespaces() -> list[str]:
 def leftovers(run_id: str | None = None) -> dict:
     """What :func:`clean` would remove now (lists), without changing anything."""
     bridges = _our_bridges(run_id)
-    intfs = sorted({p for b in bridges for p in _ports(b) if _root_veth(p)})
+    intfs = sorted({p for b in bridges for p in _ports(b) if _root_veth(p)} | set(_tagged_veths(run_id)))
     return {
         "processes": [{k: p[k] for k in ("pid", "run", "cmd")} for p in _our_processes(run_id)],
         "bridges": bridges,
@@ -257,6 +279,14 @@ def clean(run_id: str | None = None, log=print) -> dict:
                 log(f"clean: deleted interface {port}")
             elif _root_link_exists(port):
                 log(f"clean: cannot delete interface {port}: {_err(r)}")
+
+    for port in _tagged_veths(run_id):
+        r = _sh(["ip", "link", "del", "dev", port])
+        if r.returncode == 0:
+            counts["interfaces"] += 1
+            log(f"clean: deleted tagged interface {port}")
+        elif _root_link_exists(port):
+            log(f"clean: cannot delete interface {port}: {_err(r)}")
 
     if run_id is None:
         for ns in _probe_namespaces():

@@ -160,6 +160,12 @@ class EmulatedNetwork:
             net.addHost(h, ip=f"{host_ip(h)}/8", mac=host_mac(h))
         for a, ap, b, bp in plan_ports(self.topo):
             net.addLink(a, b, port1=ap, port2=bp)
+            for node, port in ((a, ap), (b, bp)):
+                if is_switch(node):
+                    # Tag at once: until its bridge exists, the alias is how
+                    # `daitn clean` knows this veth is ours.
+                    _sh(["ip", "link", "set", "dev", self.intf_name(node, port),
+                         "alias", f"{RUN_TAG}={run_id}"])
         net.build()
         for h in net.hosts:
             # No IPv6 chatter (router solicitations) on an IPv4 fabric.
@@ -236,6 +242,10 @@ class EmulatedNetwork:
         try:
             net.stop()
         finally:
+            # Mininet's RemoteController.stop() does nothing, so its node's shell
+            # (tagged with DAITN_RUN) would outlive the network in this process.
+            for c in net.controllers:
+                c.terminate()
             # Mininet's stop removes bridges it started; make sure of ours even
             # if start failed half-way.
             for br in existing_bridges() & set(self.topo.switches):

@@ -259,18 +259,89 @@ def test_sigkill_after_grace():
         stubborn.stdout.close()
 
 
-def test_cli_run_scoped_spares_itself():
-    """`python -m testbed.clean --run R`, itself started with DAITN_RUN=R,
-    removes R's leftovers but not itself (nor its ancestors)."""
+@pytest.mark.parametrize("cli", ["daitn clean", "python -m testbed.clean"])
+def test_cli_run_scoped_spares_itself(cli):
+    """`daitn clean --run R` (and `python -m testbed.clean --run R`), itself started
+    with DAITN_RUN=R, removes R's leftovers but not itself (nor its ancestors)."""
+    if cli == "daitn clean":
+        daitn = Path(sys.executable).parent / "daitn"
+        assert daitn.exists(), f"{daitn} is missing: run `sudo make setup`"
+        cmd = [str(daitn), "clean"]
+    else:
+        cmd = [sys.executable, "-m", "testbed.clean"]
     ours = Ours("cleantest-cli", "dclC")
     try:
         ours.create()
         env = dict(env_without_run(), DAITN_RUN=ours.run,
                    PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        r = subprocess.run([sys.executable, "-m", "testbed.clean", "--run", ours.run], cwd=REPO,
-                           env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(cmd + ["--run", ours.run], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
         assert "removed 2 processes, 1 bridges, 1 interfaces, 0 namespaces" in r.stdout, r.stdout
         ours.assert_gone()
     finally:
         ours.remove()
+
+
+MININET_RUNNER = r"""
+import os, sys
+os.environ["DAITN_RUN"] = RUN          # as the runner does before building
+from mininet.link import Link
+from mininet.log import setLogLevel
+from mininet.net import Mininet
+from mininet.node import OVSSwitch
+setLogLevel("error")
+
+class Tagged(OVSSwitch):
+    def bridgeOpts(self):
+        return super().bridgeOpts() + f" external_ids:daitn-run={RUN}"
+
+net = Mininet(topo=None, build=False, controller=None, link=Link, autoSetMacs=False,
+              waitConnected=False,
+              switch=lambda n, **kw: Tagged(n, datapath=DATAPATH, failMode="secure", **kw))
+for s in ("s91", "s92"):
+    net.addSwitch(s, dpid="%016x" % int(s[1:]))
+for h in ("h91", "h92"):
+    net.addHost(h)
+net.addLink("h91", "s91"); net.addLink("s91", "s92"); net.addLink("s92", "h92")
+net.build(); net.start()
+node = net.get("h91").popen(["sleep", "300"])   # a node process holding h91's namespace
+print(node.pid, flush=True)
+os.kill(os.getpid(), 9)                        # the runner dies without stopping anything
+"""
+
+
+def test_clean_after_killed_mininet_run(foreign):
+    """A real Mininet network whose runner was SIGKILLed: clean(run) removes it all."""
+    run = "cleantest-mn"
+    code = f"RUN = {run!r}\nDATAPATH = {'kernel' if DATAPATH == 'system' else 'user'!r}\n"
+    names = ("s91-eth1", "s91-eth2", "s92-eth1", "s92-eth2")
+    node_pid = None
+    try:
+        r = subprocess.run([sys.executable, "-c", code + MININET_RUNNER], env=env_without_run(),
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == -signal.SIGKILL, r.stdout + r.stderr
+        node_pid = int(r.stdout.split()[0])
+        left = leftovers(run)
+        assert left["bridges"] == ["s91", "s92"], left
+        assert node_pid in {p["pid"] for p in left["processes"]}, left
+
+        counts = clean(run_id=run, log=lambda m: None)
+
+        assert counts["bridges"] == 2 and counts["processes"] >= 1, counts
+        assert not Path(f"/proc/{node_pid}").exists() or \
+            Path(f"/proc/{node_pid}/stat").read_text().split()[2] == "Z"
+        assert not {"s91", "s92"} & bridges()
+        # The host namespace is torn down asynchronously by the kernel.
+        deadline = time.monotonic() + 5
+        while any(map(link_exists, names)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [n for n in names if link_exists(n)]
+        assert leftovers(run) == {"processes": [], "bridges": [], "interfaces": [], "namespaces": []}
+        foreign.assert_intact()
+    finally:
+        clean(run_id=run, log=lambda m: None)
+        for br in ("s91", "s92"):
+            sh("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", br, check=False)
+        for n in names:
+            sh("ip", "link", "del", n, check=False)

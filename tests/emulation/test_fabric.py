@@ -39,36 +39,37 @@ def ping_loss(out: str) -> float:
     return float(m.group(1))
 
 
-@pytest.fixture(scope="module")
-def fattree(tmp_path_factory, caps):
-    """fat-tree k=4 (20 switches, 16 hosts) with the DCC, shared by the tests below."""
-    topo = by_name("fattree:k=4").validate()
-    with emulated(topo, tmp_path_factory.mktemp("fattree"), caps=caps) as (ctl, net):
-        yield topo, ctl, net
+class TestFatTree:
+    """fat-tree k=4 (20 switches, 16 hosts) with the DCC, one network for the class
+    (class scope: it is gone before the next tests reuse the switch names)."""
 
+    @pytest.fixture(scope="class")
+    def fattree(self, tmp_path_factory, caps):
+        topo = by_name("fattree:k=4").validate()
+        with emulated(topo, tmp_path_factory.mktemp("fattree"), caps=caps) as (ctl, net):
+            yield topo, ctl, net
 
-def test_fattree_pingall_with_only_dcc_flows(fattree, tmp_path):
-    topo, ctl, net = fattree
-    assert net.net.pingAll(timeout=1) == 0.0
-    dumps = dump_flows(topo.switches, tmp_path)
-    for s, dump in dumps.items():
-        assert not dump.startswith("# dump-flows failed"), dump
-        flows = flow_lines(dump)
-        assert flows, f"{s} has no flows at all"
-        assert not foreign_flows(dump), f"{s} has flows the DCC did not install: {foreign_flows(dump)}"
-        owners = {int(re.search(r"cookie=(0x[0-9a-f]+)", f).group(1), 16) >> 56 for f in flows}
-        assert cookies.FORWARDING in owners, f"{s} has no forwarding flow: {flows}"
+    def test_pingall_with_only_dcc_flows(self, fattree, tmp_path):
+        topo, ctl, net = fattree
+        assert net.net.pingAll(timeout=1) == 0.0
+        dumps = dump_flows(topo.switches, tmp_path)
+        for s, dump in dumps.items():
+            assert not dump.startswith("# dump-flows failed"), dump
+            flows = flow_lines(dump)
+            assert flows, f"{s} has no flows at all"
+            assert not foreign_flows(dump), f"{s} has flows the DCC did not install: {foreign_flows(dump)}"
+            owners = {int(re.search(r"cookie=(0x[0-9a-f]+)", f).group(1), 16) >> 56 for f in flows}
+            assert cookies.FORWARDING in owners, f"{s} has no forwarding flow: {flows}"
 
-
-def test_fattree_dcc_found_exactly_the_planned_links(fattree):
-    topo, ctl, net = fattree
-    st = ctl.state()
-    assert st["converged"]
-    assert st["link_check"] == {"missing": [], "unexpected": []}
-    # Both directions of every switch-switch link, as LLDP sees them.
-    assert st["links_expected"] == st["links_discovered"] == 2 * len(topo.switch_links())
-    assert sorted(st["switches_connected"]) == sorted(st["switches_expected"])
-    assert len(st["switches_expected"]) == len(topo.switches)
+    def test_dcc_found_exactly_the_planned_links(self, fattree):
+        topo, ctl, net = fattree
+        st = ctl.state()
+        assert st["converged"]
+        assert st["link_check"] == {"missing": [], "unexpected": []}
+        # Both directions of every switch-switch link, as LLDP sees them.
+        assert st["links_expected"] == st["links_discovered"] == 2 * len(topo.switch_links())
+        assert sorted(st["switches_connected"]) == sorted(st["switches_expected"])
+        assert len(st["switches_expected"]) == len(topo.switches)
 
 
 def abilene_without_delay():
