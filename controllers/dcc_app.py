@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 
 import networkx as nx
 from os_ken.base import app_manager
@@ -30,7 +31,15 @@ from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
 from controllers.itinerary import plan_itinerary
-from nodes import protocol as proto
+from nodes import wire
+from nodes.transport import Endpoint
+from nodes.wire import Message, MsgType, Role, Tlv, WireError
+
+
+def task_dscp(task_id: int) -> int:
+    """The DSCP that marks a task's traffic (OpenFlow ``ip_dscp``): 8..55,
+    clear of 0 (best effort) and 46/48+ (EF, network control) for most tasks."""
+    return 8 + (task_id - 1) % 48
 
 
 class DCCApp(app_manager.OSKenApp):
@@ -49,8 +58,11 @@ class DCCApp(app_manager.OSKenApp):
         self.converged_at: float | None = None
         self.started = time.time()
         self.knowledge: dict[str, dict] = {}
-        self.answers: dict[int, dict] = {}  # task_id -> itinerary answer (idempotent)
+        self.answers: dict[int, tuple] = {}  # task_id -> (feasibility, itinerary) (idempotent)
         self.errors = 0
+        key_file = os.environ.get("DAITN_KEY_FILE")
+        self.ep = Endpoint(wire.DCC_NODE, open(key_file, "rb").read() if key_file else None)
+        self.dropped: Counter = Counter()
         self.ports: dict[int, dict[int, str]] = {}  # dpid -> port_no -> hw_addr
         self.link_seen: dict[tuple[int, int, int, int], float] = {}
         self.probe_interval = float(os.environ.get("DAITN_LLDP_INTERVAL", "1.0"))
@@ -78,6 +90,7 @@ class DCCApp(app_manager.OSKenApp):
             "flows_current": len(self.installed),
             "knowledge": self.knowledge,
             "errors": self.errors,
+            "dropped": dict(self.dropped),
         }
 
         tmp = self.state_path + ".tmp"
@@ -246,33 +259,35 @@ class DCCApp(app_manager.OSKenApp):
             return
         in_port = msg.match["in_port"]
         a = pkt.get_protocol(arp.arp)
-        if a is not None and a.opcode == arp.ARP_REQUEST and a.dst_ip == proto.DCC_IP:
+        if a is not None and a.opcode == arp.ARP_REQUEST and a.dst_ip == wire.DCC_IP:
             reply = packet.Packet()
-            reply.add_protocol(ethernet.ethernet(dst=eth.src, src=proto.DCC_MAC, ethertype=fab.ETH_ARP))
-            reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=proto.DCC_MAC, src_ip=proto.DCC_IP,
+            reply.add_protocol(ethernet.ethernet(dst=eth.src, src=wire.DCC_MAC, ethertype=fab.ETH_ARP))
+            reply.add_protocol(arp.arp(opcode=arp.ARP_REPLY, src_mac=wire.DCC_MAC, src_ip=wire.DCC_IP,
                                        dst_mac=a.src_mac, dst_ip=a.src_ip))
             self._packet_out(msg.datapath, in_port, reply)
             return
         ip = pkt.get_protocol(ipv4.ipv4)
         u = pkt.get_protocol(udp.udp)
-        if ip is None or u is None or ip.dst != proto.DCC_IP or u.dst_port != proto.DCC_UDP_PORT:
+        if ip is None or u is None or ip.dst != wire.DCC_IP or u.dst_port != wire.DCC_UDP_PORT:
             return
         payload = pkt.protocols[-1] if isinstance(pkt.protocols[-1], (bytes, bytearray)) else b""
         try:
-            request = proto.decode(bytes(payload))
-            answer = self._handle(request, ip.src)
-        except proto.ProtocolError as e:
+            request = self.ep.open(bytes(payload))
+            answers = self._handle(request, ip.src)
+        except WireError as e:
             self.errors += 1
-            self.logger.warning("bad DA-ITN message from %s: %s", ip.src, e)
-            answer = proto.Message.control(proto.MsgType.ERROR, {"error": str(e)})
-        if answer is None:
-            return
-        reply = packet.Packet()
-        reply.add_protocol(ethernet.ethernet(dst=eth.src, src=proto.DCC_MAC, ethertype=fab.ETH_IPV4))
-        reply.add_protocol(ipv4.ipv4(src=proto.DCC_IP, dst=ip.src, proto=fab.IPPROTO_UDP))
-        reply.add_protocol(udp.udp(src_port=proto.DCC_UDP_PORT, dst_port=u.src_port))
-        reply.add_protocol(answer.encode())
-        self._packet_out(msg.datapath, in_port, reply)
+            self.dropped[type(e).__name__] += 1
+            self.logger.warning("refused DA-ITN message from %s: %s", ip.src, e)
+            self._write_state()
+            answers = [Message(MsgType.ERROR, flags=wire.REPLY, body=wire.Error(1, str(e)[:500]))]
+        for answer in answers:
+            answer.flags |= wire.REPLY
+            reply = packet.Packet()
+            reply.add_protocol(ethernet.ethernet(dst=eth.src, src=wire.DCC_MAC, ethertype=fab.ETH_IPV4))
+            reply.add_protocol(ipv4.ipv4(src=wire.DCC_IP, dst=ip.src, proto=fab.IPPROTO_UDP))
+            reply.add_protocol(udp.udp(src_port=wire.DCC_UDP_PORT, dst_port=u.src_port))
+            reply.add_protocol(self.ep.seal(answer))  # a fresh nonce for every copy sent
+            self._packet_out(msg.datapath, in_port, reply)
 
     def _packet_out(self, dp, port, pkt):
         ofp, parser = dp.ofproto, dp.ofproto_parser
@@ -287,34 +302,56 @@ class DCCApp(app_manager.OSKenApp):
                 return name
         return None
 
-    def _handle(self, msg: proto.Message, src_ip: str) -> proto.Message | None:
+    def _handle(self, msg: Message, src_ip: str) -> list[Message]:
+        """Answer one control message; returns the messages to send back."""
         node = self._host_by_ip(src_ip) or src_ip
-        if msg.type == proto.MsgType.KNOWLEDGE_REPORT:
-            body = msg.body()
+        if msg.type == MsgType.KNOWLEDGE_REPORT:
+            kr = msg.body
             first = node not in self.knowledge
-            self.knowledge[node] = {"samples": int(body.get("samples", 0)),
-                                    "label_hist": list(body.get("label_hist", [])),
-                                    "roles": body.get("roles", []), "t": time.time()}
+            self.knowledge[node] = {"samples": kr.samples, "label_hist": list(kr.label_hist),
+                                    "verification_samples": kr.verification_samples,
+                                    "roles": [r.name.lower() for r in Role if kr.roles & r],
+                                    "t": time.time()}
             if first:
-                self._event("knowledge_report", node=node, samples=self.knowledge[node]["samples"],
-                            label_hist=self.knowledge[node]["label_hist"])
+                self._event("knowledge_report", node=node, samples=kr.samples,
+                            label_hist=list(kr.label_hist), roles=self.knowledge[node]["roles"])
             self._write_state()
-            return None
-        if msg.type == proto.MsgType.TRAIN_REQUEST:
+            return []
+        if msg.type == MsgType.TRAIN_REQUEST:
             if msg.task_id not in self.answers:
-                body = msg.body()
-                data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k.get("roles", [])}
-                answer = plan_itinerary(node, data_nodes, self._host_distance,
-                                        body.get("required_labels")).to_dict()
-                answer["hosts"] = {n: self.fabric.hosts[n].ip for n in answer["itinerary"]
-                                   if n in self.fabric.hosts}
-                self.answers[msg.task_id] = answer
-                self._event("itinerary", task=msg.task_id, client=node, **answer)
-            return proto.Message.control(proto.MsgType.ITINERARY, self.answers[msg.task_id],
-                                         task_id=msg.task_id, seq=msg.seq)
-        return proto.Message.control(proto.MsgType.ERROR,
-                                     {"error": f"the DCC does not take {msg.type.name} messages"},
-                                     task_id=msg.task_id, seq=msg.seq)
+                self.answers[msg.task_id] = self._plan(msg, node)
+            feas, plan = self.answers[msg.task_id]
+            for m in (feas, plan):
+                if m is not None:
+                    m.dst, m.seq = msg.src, msg.seq
+            return [m for m in (feas, plan) if m is not None]
+        return [Message(MsgType.ERROR, task_id=msg.task_id, dst=msg.src,
+                        body=wire.Error(2, f"the DCC does not take {MsgType(msg.type).name} messages"))]
+
+    def _plan(self, msg: Message, client: str) -> tuple[Message, Message | None]:
+        """Feasibility + itinerary for a training request (idempotent per task)."""
+        data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k["roles"]}
+        mpvus = sorted(n for n, k in self.knowledge.items() if "mpvu" in k["roles"])
+        answer = plan_itinerary(client, data_nodes, self._host_distance,
+                                msg.tlvs.get(Tlv.REQUIRED_LABELS))
+        reasons = list(answer.reasons)
+        feasible = answer.feasible and bool(mpvus)
+        if not mpvus:
+            reasons.append("no MPVU has reported: nobody can verify the model")
+        dscp = task_dscp(msg.task_id)
+        self._event("itinerary", task=msg.task_id, client=client, feasible=feasible,
+                    itinerary=answer.itinerary, reasons=reasons, policy=answer.policy,
+                    labels_covered=answer.labels_covered, mpvu=mpvus[0] if mpvus else None, dscp=dscp)
+        feas = Message(MsgType.FEASIBILITY, task_id=msg.task_id, model_id=msg.model_id,
+                       body=wire.Feasibility(feasible, 0.0, 0, reasons))
+        if not feasible:
+            return feas, None
+        plan = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
+                       tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, 1, [wire.node_id(n) for n in answer.itinerary]),
+                             Tlv.TRANSPORT: dscp,
+                             Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(mpvus[0]))},
+                       body=wire.ItineraryBody(answer.policy))
+        return feas, plan
 
     def _host_distance(self, a: str, b: str) -> int | None:
         ha, hb = self.fabric.hosts.get(a), self.fabric.hosts.get(b)

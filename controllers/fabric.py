@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from controllers import cookies
-from nodes.protocol import DCC_IP, DCC_UDP_PORT
+from nodes.wire import DCC_IP, DCC_UDP_PORT
 
 PRIO_DISCOVERY = 0xFFFF
 PRIO_DCC_SERVICE = 200

@@ -45,7 +45,8 @@ def child(name: str, conf: dict) -> int:
     cfg = NodeConfig(name=name, ip=h["ip"], roles=h["roles"], run_dir=run_dir, seed=conf["seed"],
                      hosts={n: v["ip"] for n, v in conf["hosts"].items()}, data=conf["data"],
                      model=conf["model"], training=conf["training"], tasks=conf["tasks"],
-                     mpvu=conf["mpvu"], data_nodes=conf["data_nodes"])
+                     mpvu=conf["mpvu"], data_nodes=conf["data_nodes"],
+                     key=Path(conf["key_file"]).read_bytes() if conf.get("key_file") else None)
     rt = NodeRuntime(cfg)
     signal.signal(signal.SIGTERM, lambda *_: rt.stopping.set())
     try:

@@ -1,11 +1,13 @@
 """Node roles of the DA-ITN terminal layer: data node, MPVU, client.
 
 Each role is a small class over :class:`nodes.runtime.NodeRuntime`. The model
-travels as a MODEL message whose metadata carries the task's requirements and
-its itinerary as a segment list with a pointer (DESIGN.md §6): every data node
-trains it locally, has the MPVU verify it, then forwards it to the next
-segment, or returns it to the client when the target or deadline is met.
-Raw training samples never leave the data node that holds them.
+travels as an AI object: MODEL_CHUNK messages whose TLVs carry the task's
+requirements (target accuracy, deadline), its parties (client, MPVU), the
+DCC-assigned DSCP, and its itinerary as a segment list with a pointer
+(docs/protocol.md). Every data node trains the model locally, has the MPVU
+verify it, then forwards it to the next segment, or returns it to the client
+when the target, the deadline or the lap limit is reached. Raw training
+samples never leave the data node that holds them.
 """
 from __future__ import annotations
 
@@ -17,13 +19,14 @@ import time
 
 import torch
 
-from nodes import protocol as proto
+from nodes import wire
 from nodes.data import label_histogram, load_digits_split, make_shards
 from nodes.model import build_mlp, bytes_to_state, evaluate, state_digest, state_to_bytes, train_local
 from nodes.runtime import NodeRuntime, TransferError
+from nodes.wire import EndReason, Message, MsgType, Role, Tlv
 
 log = logging.getLogger("daitn.node")
-MT = proto.MsgType
+MT = MsgType
 
 
 def _partition(cfg) -> dict:
@@ -60,70 +63,81 @@ class DataNode:
                       label_hist=label_histogram(self.shard.y))
 
     def knowledge(self) -> dict:
-        return {"samples": int(len(self.shard.y)), "label_hist": label_histogram(self.shard.y)}
+        return {"roles": Role.DATA, "samples": int(len(self.shard.y)),
+                "label_hist": label_histogram(self.shard.y)}
 
-    def on_message(self, msg: proto.Message, peer: str):
-        if msg.type != MT.MODEL:
-            return None
-        self.work.put(msg)  # train after acknowledging, so the sender is not held
-        return proto.Message.control(MT.ACK, {"received": len(msg.payload)}, msg.task_id, msg.seq)
+    def on_model(self, first: Message, state: bytes, peer: str):
+        self.work.put((first, state))  # train after acknowledging, so the sender is not held
+        return None  # plain ACK
 
     def worker(self):
         while not self.rt.stopping.is_set():
             try:
-                msg = self.work.get(timeout=0.5)
+                first, state = self.work.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                self.visit(msg)
+                self.visit(first, state)
             except Exception as e:  # the model would be lost silently otherwise
                 log.exception("visit failed")
-                self.rt.event("error", task=msg.task_id, error=f"{type(e).__name__}: {e}")
+                self.rt.event("error", task=first.task_id, error=f"{type(e).__name__}: {e}")
 
-    def visit(self, msg: proto.Message):
+    def visit(self, first: Message, state: bytes):
         cfg, rt = self.rt.cfg, self.rt
-        meta, state = msg.model_parts()
+        itin = first.require(Tlv.ITINERARY)
+        target = first.require(Tlv.TARGET_ACCURACY)
+        deadline = first.require(Tlv.DEADLINE) / 1000
+        parties = first.require(Tlv.PARTIES)
+        parent = first.require(Tlv.MODEL_DIGEST).hex()
         model = _model(cfg)
         bytes_to_state(model, state)
         tr = cfg.training
-        hop = meta["hop"] + 1
+        hop = first.hop_count + 1
+        version = first.model_version + 1
         stats = train_local(model, self.shard.X, self.shard.y, epochs=tr["local_epochs"],
                             batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
                             seed=cfg.seed * 1000 + hop)
         state = state_to_bytes(model)
-        meta.update(hop=hop, version=meta["version"] + 1, sha256=state_digest(state),
-                    parent_sha256=meta["sha256"], trained_at=rt.name)
-        rt.event("train", task=msg.task_id, hop=hop, lap=meta["lap"], version=meta["version"],
+        digest = state_digest(state)
+        rt.event("train", task=first.task_id, hop=hop, lap=itin.lap, version=version,
                  samples=stats["samples"], loss=stats["loss"], seconds=stats["seconds"],
-                 sha256=meta["sha256"])
-        verdict = rt.send_model(cfg.mpvu, proto.Message.with_model(MT.EVAL_REQUEST, meta, state,
-                                                                   msg.task_id, hop)).body()
-        acc = verdict["accuracy"]
-        rt.event("evaluation", task=msg.task_id, hop=hop, at=rt.name, by=cfg.mpvu, accuracy=acc,
-                 loss=verdict["loss"], version=meta["version"])
-        meta["accuracy"] = acc
+                 sha256=digest, parent_sha256=parent)
+        common = {Tlv.TARGET_ACCURACY: target, Tlv.DEADLINE: first.tlvs[Tlv.DEADLINE],
+                  Tlv.PARTIES: parties}
+        if Tlv.TRANSPORT in first.tlvs:
+            common[Tlv.TRANSPORT] = first.tlvs[Tlv.TRANSPORT]
+
+        def msg(mtype, extra=None):
+            return Message(mtype, hop_count=hop, task_id=first.task_id, model_id=first.model_id,
+                           model_version=version, tlvs={**common, **(extra or {})})
+
+        verdict = rt.send_model(parties.mpvu, msg(MT.EVAL_REQUEST), state)
+        if verdict.type != MT.EVAL_VERDICT:
+            raise TransferError(f"MPVU answered {MsgType(verdict.type).name}, not a verdict")
+        acc = verdict.body.accuracy
+        rt.event("evaluation", task=first.task_id, hop=hop, at=rt.name, by=wire.node_name(parties.mpvu),
+                 accuracy=acc, loss=verdict.body.loss, version=version)
         end = None
-        if acc >= meta["target_accuracy"]:
-            end = "target_reached"
-        elif time.time() >= meta["deadline"]:
-            end = "deadline"
+        if acc >= target:
+            end = EndReason.TARGET_REACHED
+        elif time.time() >= deadline:
+            end = EndReason.DEADLINE
         else:
-            ptr, lap = meta["ptr"] + 1, meta["lap"]
-            if ptr >= len(meta["itinerary"]):
+            ptr, lap = itin.ptr + 1, itin.lap
+            if ptr >= len(itin.segments):
                 ptr, lap = 0, lap + 1
-            if lap >= meta["max_laps"]:
-                end = "max_laps"
+            if lap >= itin.max_laps:
+                end = EndReason.MAX_LAPS
             else:
-                meta.update(ptr=ptr, lap=lap)
-                nxt = meta["itinerary"][ptr]
-                rt.event("forward", task=msg.task_id, to=nxt, ptr=ptr, lap=lap,
-                         reason=f"next segment {ptr} of {meta['itinerary']} (lap {lap})")
-                rt.send_model(nxt, proto.Message.with_model(MT.MODEL, meta, state, msg.task_id, hop))
+                nxt = itin.segments[ptr]
+                nitin = wire.Itinerary(ptr, lap, itin.max_laps, list(itin.segments))
+                names = [wire.node_name(n) for n in itin.segments]
+                rt.event("forward", task=first.task_id, to=wire.node_name(nxt), ptr=ptr, lap=lap,
+                         reason=f"next segment {ptr} of {names} (lap {lap})")
+                rt.send_model(nxt, msg(MT.MODEL_CHUNK, {Tlv.ITINERARY: nitin, Tlv.ACCURACY: acc}), state)
                 return
-        meta["end_reason"] = end
-        rt.event("task_end", task=msg.task_id, reason=end, accuracy=acc, hop=hop)
-        rt.send_model(meta["client"], proto.Message.with_model(MT.TASK_RESULT, meta, state,
-                                                               msg.task_id, hop))
+        rt.event("task_end", task=first.task_id, reason=end.name.lower(), accuracy=acc, hop=hop)
+        rt.send_model(parties.client, msg(MT.TASK_RESULT, {Tlv.END_REASON: end, Tlv.ACCURACY: acc}), state)
 
 
 class MPVU:
@@ -137,18 +151,17 @@ class MPVU:
         rt.event("verification_set", samples=len(self.y), label_hist=label_histogram(self.y))
 
     def knowledge(self) -> dict:
-        return {"samples": 0, "verification_samples": int(len(self.y))}
+        return {"roles": Role.MPVU, "verification_samples": int(len(self.y))}
 
-    def on_message(self, msg: proto.Message, peer: str):
-        if msg.type != MT.EVAL_REQUEST:
-            return None
-        meta, state = msg.model_parts()
+    def on_model(self, first: Message, state: bytes, peer: str):
         model = _model(self.rt.cfg)
         bytes_to_state(model, state)
         v = evaluate(model, self.X, self.y)
-        self.rt.event("verdict", task=msg.task_id, version=meta["version"], accuracy=v["accuracy"],
-                      loss=v["loss"], samples=v["samples"], sha256=meta["sha256"])
-        return proto.Message.control(MT.EVAL_VERDICT, v, msg.task_id, msg.seq)
+        self.rt.event("verdict", task=first.task_id, version=first.model_version, accuracy=v["accuracy"],
+                      loss=v["loss"], samples=v["samples"], sha256=state_digest(state))
+        return Message(MT.EVAL_VERDICT, flags=wire.REPLY, task_id=first.task_id, model_id=first.model_id,
+                       model_version=first.model_version, hop_count=first.hop_count,
+                       body=wire.EvalVerdict(v["accuracy"], v["loss"], v["samples"], v["per_class_accuracy"]))
 
 
 class Client:
@@ -156,61 +169,71 @@ class Client:
 
     def __init__(self, rt: NodeRuntime):
         self.rt = rt
-        self.results: dict[int, dict] = {}
+        self.results: dict[int, Message] = {}
         self.done = threading.Condition()
 
     def knowledge(self) -> dict:
-        return {"samples": 0}
+        return {"roles": Role.CLIENT}
 
-    def on_message(self, msg: proto.Message, peer: str):
-        if msg.type != MT.TASK_RESULT:
-            return None
-        meta, _state = msg.model_parts()
+    def on_model(self, first: Message, state: bytes, peer: str):
         with self.done:
-            self.results[msg.task_id] = meta
+            self.results[first.task_id] = first
             self.done.notify_all()
-        return proto.Message.control(MT.ACK, {"received": len(msg.payload)}, msg.task_id, msg.seq)
+        return None
 
     def run_task(self, task: dict):
         rt, cfg = self.rt, self.rt.cfg
         tid = task["id"]
         t0 = time.time()
-        req = {"model_bytes": None, "target_accuracy": task["target_accuracy"],
-               "deadline_s": task["deadline_s"], "required_labels": task.get("required_labels")}
         model = _model(cfg)
         state = state_to_bytes(model)
-        req["model_bytes"] = len(state)
-        rt.event("task_submitted", task=tid, **req)
+        deadline_ms = int((t0 + task["deadline_s"]) * 1000)
+        tlvs = {Tlv.TARGET_ACCURACY: task["target_accuracy"], Tlv.DEADLINE: deadline_ms}
+        if task.get("required_labels"):
+            tlvs[Tlv.REQUIRED_LABELS] = task["required_labels"]
+        rt.event("task_submitted", task=tid, model_bytes=len(state), target_accuracy=task["target_accuracy"],
+                 deadline_s=task["deadline_s"], required_labels=task.get("required_labels"))
+        req = Message(MT.TRAIN_REQUEST, task_id=tid, model_id=tid, tlvs=tlvs,
+                      body=wire.TrainRequest(len(state)))
+
+        def answered(a):
+            f = a.get(MT.FEASIBILITY)
+            return f is not None and (not f.body.feasible or MT.ITINERARY in a)
+
         try:
-            answer = rt.dcc_request(proto.Message.control(MT.TRAIN_REQUEST, req, task_id=tid),
-                                    MT.ITINERARY).body()
+            ans = rt.dcc_request(req, answered)
         except TransferError as e:
-            return self._finish(tid, t0, {"end_reason": f"dcc_unreachable: {e}", "accuracy": None})
-        rt.event("itinerary_received", task=tid, itinerary=answer["itinerary"],
-                 feasible=answer["feasible"], reasons=answer["reasons"])
-        if not answer["feasible"] or not answer["itinerary"]:
-            return self._finish(tid, t0, {"end_reason": "infeasible: " + "; ".join(answer["reasons"]),
-                                          "accuracy": None})
-        meta = {"task": tid, "target_accuracy": task["target_accuracy"],
-                "deadline": t0 + task["deadline_s"], "itinerary": answer["itinerary"], "ptr": 0,
-                "lap": 0, "max_laps": task["max_laps"], "client": rt.name, "hop": 0, "version": 0,
-                "sha256": state_digest(state)}
-        first = answer["itinerary"][0]
-        rt.event("forward", task=tid, to=first, ptr=0, lap=0, reason="first segment")
+            return self._finish(tid, t0, f"dcc_unreachable: {e}", None, None)
+        feas = ans[MT.FEASIBILITY].body
+        plan = ans.get(MT.ITINERARY)
+        names = [wire.node_name(n) for n in plan.tlvs[Tlv.ITINERARY].segments] if plan else []
+        rt.event("itinerary_received", task=tid, itinerary=names, feasible=feas.feasible, reasons=feas.reasons)
+        if not feas.feasible or not names:
+            return self._finish(tid, t0, "infeasible: " + "; ".join(feas.reasons), None, None)
+        itin = plan.tlvs[Tlv.ITINERARY]
+        itin = wire.Itinerary(0, 0, task["max_laps"], list(itin.segments))
+        first = Message(MT.MODEL_CHUNK, task_id=tid, model_id=tid, model_version=0, hop_count=0,
+                        tlvs={**tlvs, Tlv.ITINERARY: itin, Tlv.PARTIES: plan.tlvs[Tlv.PARTIES],
+                              Tlv.TRANSPORT: plan.tlvs.get(Tlv.TRANSPORT, 0)})
+        rt.event("forward", task=tid, to=names[0], ptr=0, lap=0, reason="first segment")
         try:
-            rt.send_model(first, proto.Message.with_model(MT.MODEL, meta, state, tid, 0))
+            rt.send_model(itin.segments[0], first, state)
         except TransferError as e:
-            return self._finish(tid, t0, {"end_reason": f"transfer_failed: {e}", "accuracy": None})
+            return self._finish(tid, t0, f"transfer_failed: {e}", None, None)
         grace = 60.0  # a hop in flight at the deadline still reports back
         with self.done:
-            self.done.wait_for(lambda: tid in self.results, timeout=max(0.0, meta["deadline"] - time.time()) + grace)
-        res = self.results.get(tid) or {"end_reason": "no result before deadline + grace", "accuracy": None}
-        return self._finish(tid, t0, res)
+            self.done.wait_for(lambda: tid in self.results,
+                               timeout=max(0.0, deadline_ms / 1000 - time.time()) + grace)
+        res = self.results.get(tid)
+        if res is None:
+            return self._finish(tid, t0, "no result before deadline + grace", None, None)
+        end = EndReason(res.tlvs[Tlv.END_REASON]).name.lower()
+        return self._finish(tid, t0, end, res.tlvs.get(Tlv.ACCURACY), res)
 
-    def _finish(self, tid: int, t0: float, res: dict):
-        out = {"task": tid, "end_reason": res.get("end_reason"), "accuracy": res.get("accuracy"),
-               "hops": res.get("hop"), "version": res.get("version"), "sha256": res.get("sha256"),
-               "seconds": time.time() - t0}
+    def _finish(self, tid: int, t0: float, end: str, accuracy, res: Message | None):
+        out = {"task": tid, "end_reason": end, "accuracy": accuracy,
+               "hops": res.hop_count if res else None, "version": res.model_version if res else None,
+               "sha256": res.tlvs[Tlv.MODEL_DIGEST].hex() if res else None, "seconds": time.time() - t0}
         self.rt.event("task_result", **out)
         path = self.rt.cfg.run_dir / "results" / f"task-{tid}.json"
         path.parent.mkdir(exist_ok=True)
@@ -232,22 +255,27 @@ def run_node(rt: NodeRuntime, go_file) -> int:
     if "client" in cfg.roles:
         roles["client"] = Client(rt)
 
-    def handler(msg, peer, _conn):
-        for r in roles.values():
-            reply = r.on_message(msg, peer)
-            if reply is not None:
-                return reply
-        return proto.Message.control(MT.ERROR, {"error": f"{cfg.name} takes no {msg.type.name}"},
-                                     msg.task_id, msg.seq)
+    # which role takes which model-bearing message
+    by_type = {MT.MODEL_CHUNK: roles.get("data"), MT.EVAL_REQUEST: roles.get("mpvu"),
+               MT.TASK_RESULT: roles.get("client")}
+
+    def on_model(first, state, peer):
+        role = by_type.get(first.type)
+        if role is None:
+            raise wire.WireError(f"{cfg.name} takes no {MsgType(first.type).name}")
+        return role.on_model(first, state, peer)
 
     def knowledge():
-        k = {"roles": sorted(roles)}
+        k = wire.KnowledgeReport()
         for r in roles.values():
-            for key, v in r.knowledge().items():
-                k[key] = max(k.get(key, 0), v) if isinstance(v, int) else v
+            v = r.knowledge()
+            k.roles |= int(v.get("roles", 0))
+            k.samples = max(k.samples, v.get("samples", 0))
+            k.verification_samples = max(k.verification_samples, v.get("verification_samples", 0))
+            k.label_hist = v.get("label_hist", k.label_hist)
         return k
 
-    threads = [threading.Thread(target=rt.serve, args=(handler,), daemon=True, name="serve"),
+    threads = [threading.Thread(target=rt.serve, args=(on_model,), daemon=True, name="serve"),
                threading.Thread(target=rt.report_loop, args=(knowledge,), daemon=True, name="report")]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))

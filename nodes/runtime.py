@@ -1,10 +1,11 @@
-"""Shared node runtime: events, DCC control channel, model transfers over TCP.
+"""Shared node runtime: events, the DCC control channel, model transfers.
 
 One ``NodeRuntime`` per emulated host. Roles (:mod:`nodes.roles`) use it to
-talk: control messages go by UDP to the DCC service address (answered by the
-controller with packet-outs); models move host to host over TCP, each message
-acknowledged after its SHA-256 is checked, so a transfer either arrives whole
-and verified or fails loudly.
+talk: control messages go by UDP to the DCC service address (the controller
+receives them as packet-ins and answers with packet-outs); models move host
+to host over TCP (:mod:`nodes.transport`). Every message is a DA-ITN v2
+message (docs/protocol.md) signed with the run's key; what fails to verify
+is dropped, counted and logged with its reason.
 """
 from __future__ import annotations
 
@@ -16,14 +17,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes import protocol as proto
-from nodes.model import state_digest
+from nodes import wire
+from nodes.transport import (MODEL_TYPES, Endpoint, ModelReceiver, TransferError, ack_for,
+                             send_model, set_dscp)
+from nodes.wire import Message, MsgType, Tlv, WireError
 
 log = logging.getLogger("daitn.node")
 
-
-class TransferError(RuntimeError):
-    """A model transfer failed; the message says to whom and why."""
+__all__ = ["NodeConfig", "NodeRuntime", "TransferError"]
 
 
 @dataclass
@@ -40,6 +41,7 @@ class NodeConfig:
     tasks: list[dict]
     mpvu: str
     data_nodes: list[str]
+    key: bytes | None = None     # the run's HMAC key (None: unauthenticated)
     report_interval_s: float = 2.0
 
 
@@ -47,6 +49,8 @@ class NodeRuntime:
     def __init__(self, cfg: NodeConfig):
         self.cfg = cfg
         self.name = cfg.name
+        self.node = wire.node_id(cfg.name)
+        self.ep = Endpoint(self.node, cfg.key)
         (cfg.run_dir / "events").mkdir(parents=True, exist_ok=True)
         self._events = open(cfg.run_dir / "events" / f"{cfg.name}.jsonl", "a", buffering=1)
         self._lock = threading.Lock()
@@ -58,70 +62,83 @@ class NodeRuntime:
         with self._lock:
             self._events.write(json.dumps(rec, sort_keys=True) + "\n")
 
-    # ---- DCC control channel (UDP via the fabric, punted to the controller) --
-    def dcc_send(self, msg: proto.Message):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(msg.encode(), (proto.DCC_IP, proto.DCC_UDP_PORT))
+    def ip_of(self, node: int) -> str:
+        return self.cfg.hosts[wire.node_name(node)]
 
-    def dcc_request(self, msg: proto.Message, expect: proto.MsgType, timeout: float = 1.0,
-                    tries: int = 10) -> proto.Message:
-        """Send a request to the DCC and wait for its answer, retransmitting
-        (UDP may be lost on lossy links); the DCC answers idempotently."""
+    # ---- DCC control channel (UDP via the fabric, punted to the controller) --
+    def dcc_send(self, msg: Message):
+        msg.dst = wire.DCC_NODE
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(self.ep.seal(msg), (wire.DCC_IP, wire.DCC_UDP_PORT))
+
+    def dcc_request(self, msg: Message, done, timeout: float = 1.0, tries: int = 10) -> dict:
+        """Send a request to the DCC until ``done(answers)`` holds, where answers maps
+        MsgType -> the DCC's message for this task. Retransmits (UDP may be lost);
+        the DCC answers idempotently."""
+        msg.dst = wire.DCC_NODE
+        answers: dict[MsgType, Message] = {}
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(timeout)
             for attempt in range(1, tries + 1):
-                s.sendto(msg.encode(), (proto.DCC_IP, proto.DCC_UDP_PORT))
+                s.sendto(self.ep.seal(msg), (wire.DCC_IP, wire.DCC_UDP_PORT))
                 try:
-                    while True:
+                    while not done(answers):
                         data, _ = s.recvfrom(65535)
-                        ans = proto.decode(data)
-                        if ans.type == proto.MsgType.ERROR:
-                            raise TransferError(f"DCC refused {msg.type.name}: {ans.body().get('error')}")
-                        if ans.type == expect and ans.task_id == msg.task_id:
-                            return ans
+                        try:
+                            ans = self.ep.open(data)
+                        except WireError as e:
+                            self.event("message_dropped", peer="dcc", reason=str(e))
+                            continue
+                        if ans.type == MsgType.ERROR:
+                            raise TransferError(f"DCC refused {msg.type.name}: {ans.body.text}")
+                        if ans.task_id == msg.task_id:
+                            answers[ans.type] = ans
+                    return answers
                 except socket.timeout:
-                    log.info("no answer from the DCC to %s (try %d/%d)", msg.type.name, attempt, tries)
-        raise TransferError(f"the DCC at {proto.DCC_IP} did not answer {msg.type.name} after {tries} tries")
+                    log.info("no full answer from the DCC to %s (try %d/%d)", msg.type.name, attempt, tries)
+        raise TransferError(f"the DCC at {wire.DCC_IP} did not answer {msg.type.name} after {tries} tries")
 
     def report_loop(self, knowledge):
-        """Send knowledge reports periodically (``knowledge()`` -> dict)."""
+        """Send knowledge reports (``knowledge()`` -> wire.KnowledgeReport) periodically."""
         while not self.stopping.is_set():
             try:
-                self.dcc_send(proto.Message.control(proto.MsgType.KNOWLEDGE_REPORT, knowledge()))
+                self.dcc_send(Message(MsgType.KNOWLEDGE_REPORT, body=knowledge()))
             except OSError as e:
                 log.warning("knowledge report failed: %s", e)
             self.stopping.wait(self.cfg.report_interval_s)
 
-    # ---- node-to-node messages over TCP -------------------------------------
-    def send_model(self, to: str, msg: proto.Message, timeout: float = 120.0) -> proto.Message:
-        """Send a model-bearing message to host ``to``; return its reply (ACK or verdict)."""
-        ip = self.cfg.hosts[to]
-        meta, state = msg.model_parts()
+    # ---- node-to-node model transfers over TCP ------------------------------
+    def send_model(self, to: int, first: Message, state: bytes) -> Message:
+        """Send a model-bearing message to node ``to``; return its reply."""
+        first.dst = to
+        dscp = first.tlvs.get(Tlv.TRANSPORT, 0)
+        deadline = first.tlvs.get(Tlv.DEADLINE)
         t0 = time.time()
         try:
-            with socket.create_connection((ip, proto.NODE_TCP_PORT), timeout=timeout) as s:
-                s.settimeout(timeout)
-                n = proto.send_msg(s, msg)
-                reply = proto.recv_msg(s)
-        except (OSError, ConnectionError, proto.ProtocolError) as e:
-            self.event("transfer_failed", to=to, msg=msg.type.name, task=msg.task_id, error=str(e))
-            raise TransferError(f"{self.name} -> {to} ({ip}): {msg.type.name} failed: {e}") from e
-        if reply.type == proto.MsgType.ERROR:
-            raise TransferError(f"{to} refused {msg.type.name}: {reply.body().get('error')}")
-        self.event("transfer", task=msg.task_id, to=to, msg=msg.type.name, bytes=n,
-                   state_bytes=len(state), seconds=time.time() - t0, sha256=meta.get("sha256"),
-                   version=meta.get("version"))
-        return reply
+            sent = send_model(self.ep, self.ip_of(to), first, state, dscp=dscp,
+                              deadline=None if deadline is None else deadline / 1000 + 60)
+        except TransferError as e:
+            self.event("transfer_failed", to=wire.node_name(to), msg=first.type.name,
+                       task=first.task_id, error=str(e))
+            raise
+        self.event("transfer", task=first.task_id, to=wire.node_name(to), msg=first.type.name,
+                   bytes=sent.bytes, state_bytes=len(state), seconds=time.time() - t0,
+                   attempts=sent.attempts, resumed_from=sent.resumed_from, dscp=dscp,
+                   sha256=first.tlvs[Tlv.MODEL_DIGEST].hex() if Tlv.MODEL_DIGEST in first.tlvs
+                   else None, version=first.model_version)
+        return sent.reply
 
-    def serve(self, handler):
-        """Accept TCP connections; ``handler(msg, peer_ip) -> reply Message``.
+    def serve(self, on_model, on_control=None):
+        """Accept TCP connections and the messages on them.
 
-        Connections are handled one at a time: a node trains one model at a
-        time, and the sender waits for our reply anyway.
+        ``on_model(first, state, peer)`` gets every complete, verified model and
+        returns the reply (None: a plain ACK). Connections are handled one at a
+        time: a node trains one model at a time, and roles answer quickly.
         """
+        receiver = ModelReceiver()
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        srv.bind((self.cfg.ip, proto.NODE_TCP_PORT))
+        srv.bind((self.cfg.ip, wire.NODE_TCP_PORT))
         srv.listen(16)
         srv.settimeout(0.5)
         while not self.stopping.is_set():
@@ -131,26 +148,40 @@ class NodeRuntime:
                 continue
             with conn:
                 conn.settimeout(120)
-                try:
-                    msg = proto.recv_msg(conn)
-                    if msg.type in (proto.MsgType.MODEL, proto.MsgType.EVAL_REQUEST,
-                                    proto.MsgType.TASK_RESULT):
-                        meta, state = msg.model_parts()
-                        if state_digest(state) != meta.get("sha256"):
-                            raise proto.ProtocolError(
-                                f"SHA-256 mismatch on {msg.type.name} from {peer}: model state corrupted")
-                    reply = handler(msg, peer, conn)
-                except (proto.ProtocolError, ConnectionError, OSError) as e:
-                    log.warning("dropped message from %s: %s", peer, e)
-                    self.event("message_dropped", peer=peer, reason=str(e))
-                    try:
-                        proto.send_msg(conn, proto.Message.control(proto.MsgType.ERROR, {"error": str(e)}))
-                    except OSError:
-                        pass
-                    continue
-                if reply is not None:
-                    try:
-                        proto.send_msg(conn, reply)
-                    except OSError as e:
-                        log.warning("reply to %s failed: %s", peer, e)
+                self._serve_conn(conn, peer, receiver, on_model, on_control)
         srv.close()
+
+    def _serve_conn(self, conn, peer, receiver, on_model, on_control):
+        dscp_set = False
+        while True:
+            try:
+                m = self.ep.read(conn)
+                if m is None:
+                    return
+                if not dscp_set and Tlv.TRANSPORT in m.tlvs:
+                    set_dscp(conn, m.tlvs[Tlv.TRANSPORT])  # our replies carry the task's mark too
+                    dscp_set = True
+                if m.type in MODEL_TYPES:
+                    reply, first, state = receiver.on_chunk(m)
+                    if first is not None:
+                        reply = on_model(first, state, peer) or ack_for(first)
+                elif on_control is not None:
+                    reply = on_control(m, peer)
+                else:
+                    raise WireError(f"{self.name} takes no {MsgType(m.type).name} over TCP")
+            except (WireError, ConnectionError, OSError) as e:
+                log.warning("dropped message from %s: %s", peer, e)
+                self.event("message_dropped", peer=peer, reason=str(e), kind_of=type(e).__name__)
+                try:
+                    self.ep.write(conn, Message(MsgType.ERROR, flags=wire.REPLY,
+                                                body=wire.Error(1, str(e)[:500])))
+                except OSError:
+                    pass
+                return
+            if reply is not None:
+                reply.dst = m.src
+                try:
+                    self.ep.write(conn, reply)
+                except OSError as e:
+                    log.warning("reply to %s failed: %s", peer, e)
+                    return

@@ -80,6 +80,12 @@ def cmd_topo(a) -> int:
     return 0
 
 
+def cmd_trace(a) -> int:
+    from testbed import trace
+    print(trace.main_json(a.path) if a.json else trace.render(trace.summarize(a.path)))
+    return 0
+
+
 def cmd_clean(a) -> int:
     _need_root("clean")
     from testbed.clean import clean
@@ -111,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("name", help="e.g. fattree:k=4, sndlib/abilene, topologies/two_switch.yaml")
     sh.add_argument("--png", help="write a drawing to this PNG file")
     t.set_defaults(fn=cmd_topo)
+    tr = sub.add_parser("trace", help="decode and summarise the DA-ITN packets of a capture or run")
+    tr.add_argument("path", help="a .pcap file or a run directory")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(fn=cmd_trace)
     cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
     cl.add_argument("--run", help="only leftovers of this run id")
     cl.set_defaults(fn=cmd_clean)
@@ -120,12 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     from testbed.network import NetworkError
     from testbed.spec import SpecError
+    from testbed.trace import TraceError
     from topologies.model import TopologyError
 
     a = build_parser().parse_args(argv)
     try:
         return a.fn(a)
-    except (SpecError, TopologyError) as e:
+    except (SpecError, TopologyError, TraceError) as e:
         print(f"daitn {a.cmd}: {e}", file=sys.stderr)
         return 2
     except NetworkError as e:

@@ -33,12 +33,13 @@ def free_port() -> int:
 
 class ControllerProcess:
     def __init__(self, workdir: Path, fabric: Fabric, run_id: str, port: int | None = None,
-                 lldp_interval: float = 1.0):
+                 lldp_interval: float = 1.0, key_file: Path | None = None):
         self.dir = Path(workdir)
         self.fabric = fabric
         self.run_id = run_id
         self.port = port or free_port()
         self.lldp_interval = lldp_interval
+        self.key_file = key_file
         self.fabric_path = self.dir / "fabric.json"
         self.state_path = self.dir / "dcc-state.json"
         self.events_path = self.dir / "dcc-events.jsonl"
@@ -61,6 +62,7 @@ class ControllerProcess:
         env = dict(os.environ, DAITN_FABRIC=str(self.fabric_path), DAITN_STATE=str(self.state_path),
                    DAITN_EVENTS=str(self.events_path), DAITN_RUN=self.run_id,
                    DAITN_LLDP_INTERVAL=str(self.lldp_interval),
+                   DAITN_KEY_FILE=str(self.key_file or ""),
                    PYTHONPATH=str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "controllers.launch", "--port", str(self.port)],

@@ -9,9 +9,12 @@ Port numbers are assigned explicitly (link order) and exported as a
 """
 from __future__ import annotations
 
+import fcntl
 import ipaddress
+import os
 import re
 import subprocess
+from contextlib import ExitStack, contextmanager
 from functools import partial
 
 from controllers.fabric import Fabric, HostPort
@@ -25,6 +28,42 @@ RUN_TAG = "daitn-run"
 
 class NetworkError(RuntimeError):
     """The network could not be built; the message says what to do."""
+
+
+LOCK_PATH = "/run/daitn-emulation.lock"
+_lock_depth = 0
+
+
+@contextmanager
+def emulation_lock(log=print):
+    """Hold the machine-wide emulation lock (re-entrant within a process).
+
+    Runs share Mininet's names (s1, h1-eth0) and so cannot overlap: a second
+    run waits here, saying so, until the first has stopped and cleaned up.
+    """
+    global _lock_depth
+    if _lock_depth:
+        _lock_depth += 1
+        try:
+            yield
+        finally:
+            _lock_depth -= 1
+        return
+    fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"another testbed run holds {LOCK_PATH}; waiting for it to finish")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _lock_depth = 1
+        try:
+            yield
+        finally:
+            _lock_depth = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def host_ip(host: str) -> str:
@@ -110,7 +149,13 @@ class EmulatedNetwork:
                                    f"run `daitn clean`")
 
     def __enter__(self) -> "EmulatedNetwork":
-        self.preflight()
+        self._stack = ExitStack()
+        self._stack.enter_context(emulation_lock(self.log))
+        try:
+            self.preflight()
+        except BaseException:
+            self._stack.close()
+            raise
         try:
             self._build()
         except NetworkError:
@@ -236,6 +281,15 @@ class EmulatedNetwork:
         return {h.name: h.pid for h in self.net.hosts}
 
     def stop(self):
+        try:
+            self._stop()
+        finally:
+            stack = getattr(self, "_stack", None)
+            if stack is not None:
+                self._stack = None
+                stack.close()
+
+    def _stop(self):
         if self.net is None:
             return
         net, self.net = self.net, None

@@ -38,6 +38,7 @@ class EventWatcher:
         self.offsets: dict[Path, int] = {}
 
     def poll(self):
+        new = []
         for p in sorted(self.dir.glob("*.jsonl")):
             with open(p) as f:
                 f.seek(self.offsets.get(p, 0))
@@ -51,7 +52,9 @@ class EventWatcher:
                 except json.JSONDecodeError:
                     continue
                 if e.get("kind") in self.SHOW:
-                    self.say(describe(e))
+                    new.append(e)
+        for e in sorted(new, key=lambda e: e["t"]):  # nodes write separate files
+            self.say(describe(e))
 
 
 def describe(e: dict) -> str:
@@ -164,7 +167,9 @@ def plot(run_dir: Path):
     ax.set_ylim(0, 1.02)
     ax.set_title(f"{summary['name']}: accuracy after each hop (label = data node)")
     ax.grid(alpha=0.3)
-    if summary["tasks"]:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no evaluation recorded", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     fig.savefig(run_dir / "plots" / "accuracy_vs_time.png", dpi=120)

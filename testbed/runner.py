@@ -23,10 +23,13 @@ import yaml
 from testbed import results
 from testbed.capabilities import probe
 from testbed.controller import REPO_ROOT, ControllerProcess
-from testbed.network import EmulatedNetwork, NetworkError, fabric_of, host_ip
+from testbed.network import EmulatedNetwork, NetworkError, emulation_lock, fabric_of, host_ip
 from testbed.spec import Spec, load_spec
 from testbed.wait import wait_for
 from topologies.model import Topology
+
+
+KEY_FILE = "auth.key"  # the run's HMAC-SHA256 key (0600): nodes and DCC sign every message
 
 
 class RunError(RuntimeError):
@@ -69,7 +72,8 @@ def captures(net: EmulatedNetwork, intfs: list[str], pcap_dir: Path, run_id: str
         for intf in intfs:
             node = intf.split("-eth")[0]
             path = pcap_dir / f"{intf}.pcap"
-            cmd = ["tcpdump", "-i", intf, "-w", str(path), "-U", "-s", "256", "-Z", "root"]
+            # full snap length: `daitn trace` reassembles model transfers from TCP
+            cmd = ["tcpdump", "-i", intf, "-w", str(path), "-U", "-Z", "root"]
             if node.startswith("h"):
                 p = net.host(node).popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             else:
@@ -125,6 +129,7 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int])
         "data": spec.data.model_dump(), "model": spec.model.model_dump(),
         "training": spec.training.model_dump(), "tasks": [t.model_dump() for t in spec.tasks],
         "mpvu": spec.hosts_with("mpvu")[0], "data_nodes": spec.hosts_with("data"),
+        "key_file": str(run_dir / KEY_FILE),
     }
 
 
@@ -154,9 +159,15 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
     say = Progress(quiet)
     caps = probe()
     run_id = new_run_id()
-    # Refuse what cannot be emulated (delay without netem, taken bridge names)
-    # before anything, even the run directory, is created.
-    EmulatedNetwork(topo, run_id, caps, 0).preflight()
+    # One run at a time on a machine (names are shared); then refuse what cannot
+    # be emulated (delay without netem, taken names) before anything, even the
+    # run directory, is created.
+    with emulation_lock(say):
+        EmulatedNetwork(topo, run_id, caps, 0).preflight()
+        return _run_locked(spec, topo, spec_path, caps, run_id, out, say)
+
+
+def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
     run_dir = Path(out) if out else REPO_ROOT / "runs" / f"{spec.name}-{run_id}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"output directory {run_dir} is not empty; choose another --out")
@@ -164,6 +175,9 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.resolved.yaml").write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    key_path = run_dir / KEY_FILE
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(secrets.token_bytes(32))
     man = manifest(spec, run_id, caps, str(spec_path))
     (run_dir / "manifest.json").write_text(json.dumps(man, indent=1))
     os.environ["DAITN_RUN"] = run_id  # Mininet host shells inherit the tag
@@ -180,7 +194,8 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
     try:
         with sigterm_as_interrupt(), ExitStack() as stack:
             ctl = stack.enter_context(ControllerProcess(run_dir, fabric, run_id,
-                                                        lldp_interval=spec.controller.lldp_interval_s))
+                                                        lldp_interval=spec.controller.lldp_interval_s,
+                                                        key_file=key_path))
             t0 = time.time()
             net = stack.enter_context(EmulatedNetwork(topo, run_id, caps, ctl.port, log=say))
             net_info["setup_seconds"] = round(time.time() - t0, 3)
@@ -195,16 +210,16 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
             stack.enter_context(captures(net, spec.capture, run_dir / "pcaps", run_id))
             conf = node_config(spec, topo, run_dir, net.host_pids())
             nodes = stack.enter_context(node_processes(run_dir, conf, run_id))
-            data_nodes = set(spec.hosts_with("data"))
+            reporting = set(spec.nodes)
 
             def known():
                 if nodes.poll() is not None:
                     raise RunError(f"node processes exited early; see {run_dir/'logs'}")
-                return data_nodes <= set(ctl.state().get("knowledge", {}))
+                return reporting <= set(ctl.state().get("knowledge", {}))
 
-            wait_for(known, 120, "knowledge reports from every data node at the DCC",
+            wait_for(known, 120, "knowledge reports from every node at the DCC",
                      last=lambda: sorted(ctl.state().get("knowledge", {})))
-            say(f"DCC has knowledge reports from {len(data_nodes)} data nodes; clients start")
+            say(f"DCC has knowledge reports from all {len(reporting)} nodes; clients start")
             ev("clients_go")
             (run_dir / ".go").touch()
             deadline = time.time() + max(t.deadline_s for t in spec.tasks) + 90

@@ -99,7 +99,7 @@ def test_flow_counts_agree_with_switch_dumps(quickstart):
 
 def test_capture_holds_da_itn_control_traffic(quickstart):
     from scapy.all import rdpcap
-    from nodes.protocol import MsgType
+    from nodes.wire import MsgType
     from nodes.scapy_layers import DAITN
 
     pkts = rdpcap(str(quickstart / "pcaps" / "h1-eth0.pcap"))

@@ -14,7 +14,7 @@ import pytest
 from controllers import cookies
 from controllers import fabric as fab
 from controllers.fabric import CONTROLLER, Fabric, FlowSpec
-from nodes.protocol import DCC_IP, DCC_UDP_PORT
+from nodes.wire import DCC_IP, DCC_UDP_PORT
 from testbed.network import fabric_of, host_ip, host_mac, plan_ports
 from topologies import by_name
 
