@@ -128,27 +128,41 @@ class NodeRuntime:
                    else None, version=first.model_version)
         return sent.reply
 
+    MAX_CONNECTIONS = 32   # concurrent peers; more wait in the listen backlog
+    IDLE_TIMEOUT_S = 30.0  # a peer that sends nothing for this long is dropped
+
     def serve(self, on_model, on_control=None):
         """Accept TCP connections and the messages on them.
 
         ``on_model(first, state, peer)`` gets every complete, verified model and
-        returns the reply (None: a plain ACK). Connections are handled one at a
-        time: a node trains one model at a time, and roles answer quickly.
+        returns the reply (None: a plain ACK). Each connection has its own thread
+        (at most MAX_CONNECTIONS), so a slow or hostile peer cannot hold up others.
         """
         receiver = ModelReceiver()
+        slots = threading.BoundedSemaphore(self.MAX_CONNECTIONS)
         srv = socket.socket()
         srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         srv.bind((self.cfg.ip, wire.NODE_TCP_PORT))
-        srv.listen(16)
+        srv.listen(128)
         srv.settimeout(0.5)
+
+        def handle(conn, peer):
+            try:
+                with conn:
+                    conn.settimeout(self.IDLE_TIMEOUT_S)
+                    self._serve_conn(conn, peer, receiver, on_model, on_control)
+            finally:
+                slots.release()
+
         while not self.stopping.is_set():
+            if not slots.acquire(timeout=0.5):
+                continue
             try:
                 conn, (peer, _port) = srv.accept()
             except socket.timeout:
+                slots.release()
                 continue
-            with conn:
-                conn.settimeout(120)
-                self._serve_conn(conn, peer, receiver, on_model, on_control)
+            threading.Thread(target=handle, args=(conn, peer), daemon=True, name=f"conn-{peer}").start()
         srv.close()
 
     def _serve_conn(self, conn, peer, receiver, on_model, on_control):

@@ -70,9 +70,13 @@ class Endpoint:
             self.dropped[type(e).__name__] += 1
             raise
 
+    # Largest message a node reads: a chunk plus headers. A header claiming more
+    # is refused before anything is allocated (memory stays bounded under attack).
+    MAX_MESSAGE = 4 * CHUNK_BYTES
+
     def read(self, sock: socket.socket) -> Message | None:
         try:
-            m = wire.read_message(sock, self.key)
+            m = wire.read_message(sock, self.key, self.MAX_MESSAGE)
         except WireError as e:
             self.dropped[type(e).__name__] += 1
             raise
@@ -167,12 +171,19 @@ class ModelReceiver:
 
     KEEP_S = 300.0
 
+    MAX_PARTIAL = 64  # transfers held at once; the oldest is dropped beyond that
+
     def __init__(self):
         self.partial: dict[tuple, _Partial] = {}
+        self._lock = threading.Lock()
 
     def on_chunk(self, m: Message) -> tuple[Message | None, Message | None, bytes | None]:
         """Returns (immediate reply or None, first message, whole state) - the last two
         only when the model is complete and verified."""
+        with self._lock:
+            return self._on_chunk(m)
+
+    def _on_chunk(self, m: Message):
         c = m.require(Tlv.CHUNK)
         digest = m.require(Tlv.MODEL_DIGEST)
         key = (m.src, m.type, m.task_id, m.model_version, digest)
@@ -187,6 +198,8 @@ class ModelReceiver:
                                 f"in progress (resume with an empty chunk at offset 0)")
             if c.total > wire.MAX_PAYLOAD:
                 raise WireError(f"model of {c.total} bytes exceeds the {wire.MAX_PAYLOAD}-byte limit")
+            if len(self.partial) >= self.MAX_PARTIAL:
+                del self.partial[min(self.partial, key=lambda k: self.partial[k].t)]
             p = self.partial[key] = _Partial(m, bytearray(c.total))
         p.t = now
         if not data and not m.flags & wire.LAST:  # resume probe

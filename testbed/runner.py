@@ -23,7 +23,8 @@ import yaml
 from testbed import results
 from testbed.capabilities import probe
 from testbed.controller import REPO_ROOT, ControllerProcess
-from testbed.network import EmulatedNetwork, NetworkError, emulation_lock, fabric_of, host_ip
+from testbed.network import (EmulatedNetwork, NetworkError, emulation_lock, fabric_of, host_ip,
+                             plan_ports)
 from testbed.spec import Spec, load_spec
 from testbed.wait import wait_for
 from topologies.model import Topology
@@ -68,10 +69,14 @@ class Progress:
 def captures(net: EmulatedNetwork, intfs: list[str], pcap_dir: Path, run_id: str):
     """tcpdump on each requested interface, in the namespace that owns it."""
     procs = []
+    peer = {}
+    for a, ap, b, bp in plan_ports(net.topo):
+        peer[f"{a}-eth{ap}"], peer[f"{b}-eth{bp}"] = f"{b}-eth{bp}", f"{a}-eth{ap}"
     try:
         for intf in intfs:
             node = intf.split("-eth")[0]
-            path = pcap_dir / f"{intf}.pcap"
+            # named by both ends of the link, e.g. s1-eth1~s2-eth3.pcap
+            path = pcap_dir / f"{intf}~{peer[intf]}.pcap"
             # full snap length: `daitn trace` reassembles model transfers from TCP
             cmd = ["tcpdump", "-i", intf, "-w", str(path), "-U", "-Z", "root"]
             if node.startswith("h"):
@@ -81,8 +86,8 @@ def captures(net: EmulatedNetwork, intfs: list[str], pcap_dir: Path, run_id: str
                                      env=dict(os.environ, DAITN_RUN=run_id))
             procs.append((intf, p))
         for intf, p in procs:
-            wait_for(lambda: (pcap_dir / f"{intf}.pcap").exists() or p.poll() is not None, 10,
-                     f"tcpdump to start on {intf}")
+            wait_for(lambda: (pcap_dir / f"{intf}~{peer[intf]}.pcap").exists() or p.poll() is not None,
+                     10, f"tcpdump to start on {intf}")
             if p.poll() is not None:
                 raise RunError(f"tcpdump on {intf} exited: {p.stderr.read().decode(errors='replace')}")
         yield

@@ -102,7 +102,9 @@ def test_capture_holds_da_itn_control_traffic(quickstart):
     from nodes.wire import MsgType
     from nodes.scapy_layers import DAITN
 
-    pkts = rdpcap(str(quickstart / "pcaps" / "h1-eth0.pcap"))
+    (pcap,) = (quickstart / "pcaps").glob("h1-eth0~*.pcap")
+    assert pcap.name == "h1-eth0~s2-eth1.pcap"  # named by both ends of the link
+    pkts = rdpcap(str(pcap))
     types = {MsgType(p[DAITN].type).name for p in pkts if DAITN in p}
     assert {"TRAIN_REQUEST", "ITINERARY"} <= types, types
 
