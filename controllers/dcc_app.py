@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections import Counter
 
 import networkx as nx
 from os_ken.base import app_manager
@@ -62,7 +61,6 @@ class DCCApp(app_manager.OSKenApp):
         self.errors = 0
         key_file = os.environ.get("DAITN_KEY_FILE")
         self.ep = Endpoint(wire.DCC_NODE, open(key_file, "rb").read() if key_file else None)
-        self.dropped: Counter = Counter()
         self.ports: dict[int, dict[int, str]] = {}  # dpid -> port_no -> hw_addr
         self.link_seen: dict[tuple[int, int, int, int], float] = {}
         self.probe_interval = float(os.environ.get("DAITN_LLDP_INTERVAL", "1.0"))
@@ -90,9 +88,8 @@ class DCCApp(app_manager.OSKenApp):
             "flows_current": len(self.installed),
             "knowledge": self.knowledge,
             "errors": self.errors,
-            "dropped": dict(self.dropped),
+            "dropped": dict(self.ep.dropped),  # refused control messages, by reason
         }
-
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, sort_keys=True, default=list)
@@ -276,7 +273,6 @@ class DCCApp(app_manager.OSKenApp):
             answers = self._handle(request, ip.src)
         except WireError as e:
             self.errors += 1
-            self.dropped[type(e).__name__] += 1
             self.logger.warning("refused DA-ITN message from %s: %s", ip.src, e)
             self._write_state()
             answers = [Message(MsgType.ERROR, flags=wire.REPLY, body=wire.Error(1, str(e)[:500]))]
