@@ -164,6 +164,9 @@ class _Partial:
     buf: bytearray
     have: int = 0
     t: float = field(default_factory=time.time)
+    # Running digest: chunks are accepted only in order (offset == have), so the
+    # hash is exact and the last chunk's ACK is not held up hashing the whole model.
+    sha: object = field(default_factory=hashlib.sha256)
 
 
 class ModelReceiver:
@@ -210,14 +213,14 @@ class ModelReceiver:
         if c.offset == 0:
             p.first = m  # the first chunk carries the task's TLVs (a probe does not)
         p.buf[c.offset:c.offset + len(data)] = data
+        p.sha.update(data)
         p.have += len(data)
         if not m.flags & wire.LAST:
             return None, None, None
         del self.partial[key]
-        state = bytes(p.buf)
-        if p.have != len(p.buf) or hashlib.sha256(state).digest() != digest:
+        if p.have != len(p.buf) or p.sha.digest() != digest:
             return _ack(m, 0, AckStatus.DIGEST_MISMATCH), None, None
-        return None, p.first, state
+        return None, p.first, bytes(p.buf)
 
 
 def _ack(m: Message, next_offset: int, status: int = AckStatus.OK) -> Message:
