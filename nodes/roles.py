@@ -289,6 +289,11 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         for task in cfg.tasks:
             if task["client"] == cfg.name:
                 roles["client"].run_task(task)
+        # The result arrived before our ACK went out; when this client exits the
+        # launcher stops every node, so let the sender read the ACK first (else,
+        # under loss, its last transfer could go unrecorded).
+        if not rt.wait_idle(30):
+            rt.event("warning", text="connections still open 30 s after the last task ended")
         rt.stopping.set()
         return 0
     rt.stopping.wait()

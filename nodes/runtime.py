@@ -55,6 +55,8 @@ class NodeRuntime:
         self._events = open(cfg.run_dir / "events" / f"{cfg.name}.jsonl", "a", buffering=1)
         self._lock = threading.Lock()
         self.stopping = threading.Event()
+        self._active = 0                   # TCP connections being served
+        self._idle = threading.Condition()
 
     # ---- events (append-only JSON lines, one file per node) -----------------
     def event(self, kind: str, **data):
@@ -147,12 +149,17 @@ class NodeRuntime:
         srv.settimeout(0.5)
 
         def handle(conn, peer):
+            with self._idle:
+                self._active += 1
             try:
                 with conn:
                     conn.settimeout(self.IDLE_TIMEOUT_S)
                     self._serve_conn(conn, peer, receiver, on_model, on_control)
             finally:
                 slots.release()
+                with self._idle:
+                    self._active -= 1
+                    self._idle.notify_all()
 
         while not self.stopping.is_set():
             if not slots.acquire(timeout=0.5):
@@ -164,6 +171,12 @@ class NodeRuntime:
                 continue
             threading.Thread(target=handle, args=(conn, peer), daemon=True, name=f"conn-{peer}").start()
         srv.close()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no connection is being served (our last replies are out and
+        the peers have closed), so stopping now loses nobody's transfer."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
 
     def _serve_conn(self, conn, peer, receiver, on_model, on_control):
         dscp_set = False

@@ -77,10 +77,10 @@ class Endpoint:
     def read(self, sock: socket.socket) -> Message | None:
         try:
             m = wire.read_message(sock, self.key, self.MAX_MESSAGE)
+            return None if m is None else self._accept(m)
         except WireError as e:
             self.dropped[type(e).__name__] += 1
             raise
-        return None if m is None else self._accept(m)
 
     def write(self, sock: socket.socket, msg: Message) -> int:
         data = self.seal(msg)

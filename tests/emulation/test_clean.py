@@ -25,6 +25,7 @@ if os.geteuid() != 0:
     pytest.skip("needs root (creates bridges, namespaces and veths)", allow_module_level=True)
 
 from testbed.clean import clean, leftovers  # noqa: E402
+from testbed.network import emulation_lock  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 DATAPATH = "system" if os.path.isdir("/sys/module/openvswitch") else "netdev"
@@ -192,7 +193,8 @@ def test_clean_all_keeps_foreign(foreign):
         assert probe_ns in leftovers()["namespaces"]
 
         logged: list[str] = []
-        counts = clean(log=logged.append)
+        with emulation_lock():  # an unscoped clean stops every run: never mid-way through one
+            counts = clean(log=logged.append)
 
         ours.assert_gone()
         assert probe_ns not in netns()
