@@ -21,7 +21,7 @@ import time
 
 import networkx as nx
 from os_ken.base import app_manager
-from os_ken.controller import ofp_event
+from os_ken.controller import event, ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, DEAD_DISPATCHER, set_ev_cls
 from os_ken.lib import hub
 from os_ken.lib.packet import arp, ethernet, ipv4, packet, udp
@@ -39,6 +39,10 @@ def task_dscp(task_id: int) -> int:
     """The DSCP that marks a task's traffic (OpenFlow ``ip_dscp``): 8..55,
     clear of 0 (best effort) and 46/48+ (EF, network control) for most tasks."""
     return 8 + (task_id - 1) % 48
+
+
+class _ProbeTick(event.EventBase):
+    """Time to send LLDP probes and expire unseen links (posted by _probe_loop)."""
 
 
 class DCCApp(app_manager.OSKenApp):
@@ -213,13 +217,20 @@ class DCCApp(app_manager.OSKenApp):
                                             actions=[parser.OFPActionOutput(port_no)], data=data))
 
     def _probe_loop(self):
-        # Probe every port each interval; a link unseen for 3.5 intervals is gone.
+        # os-ken 4.2's hub runs native threads: this loop only posts a tick, so
+        # all DCC state is changed by the app's one event thread (racing it lost
+        # state writes and set iterations, and froze discovery).
         while True:
             hub.sleep(self.probe_interval)
-            for dp in list(self.datapaths.values()):
-                self._probe(dp)
-            cutoff = time.time() - 3.5 * self.probe_interval
-            self._drop_links(lambda k: self.link_seen.get(k, 0) < cutoff, "lldp_timeout")
+            self.send_event(self.name, _ProbeTick())
+
+    @set_ev_cls(_ProbeTick)
+    def _on_probe_tick(self, ev):
+        # Probe every port each interval; a link unseen for 3.5 intervals is gone.
+        for dp in list(self.datapaths.values()):
+            self._probe(dp)
+        cutoff = time.time() - 3.5 * self.probe_interval
+        self._drop_links(lambda k: self.link_seen.get(k, 0) < cutoff, "lldp_timeout")
 
     def _lldp_in(self, msg):
         try:

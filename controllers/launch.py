@@ -19,6 +19,11 @@ def main(argv=None) -> int:
 
     from os_ken.lib import hub
     hub.patch(thread=False)
+    if hub.HUB_TYPE == "native":
+        # Native hub's TaskExit is Exception: a handler that raises would end its
+        # app's event thread silently (no log) and freeze the DCC. Make it a
+        # class of its own so os-ken logs the exception and carries on.
+        hub.TaskExit = type("TaskExit", (BaseException,), {})
     from os_ken import cfg
     from os_ken.base import app_manager  # noqa: F401  (first: breaks an import cycle)
     from os_ken.controller import controller  # noqa: F401  (registers ofp-* options)

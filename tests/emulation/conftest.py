@@ -11,17 +11,20 @@ fixture runs it over every run id the session used.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from controllers import fabric as fab
 from testbed import clean
 from testbed.capabilities import Capabilities, probe
 from testbed.controller import ControllerProcess, free_port
-from testbed.network import RUN_TAG, EmulatedNetwork, existing_bridges, fabric_of
+from testbed.network import EmulatedNetwork, existing_bridges, fabric_of
 from testbed.wait import WaitTimeout, wait_for
 from topologies.model import Topology
 
@@ -35,9 +38,12 @@ SESSION_RUN_IDS: list[str] = []
 def pytest_collection_modifyitems(config, items):
     not_root = os.geteuid() != 0
     skip = pytest.mark.skip(reason="emulation tests build real networks: run as root")
+    # Debian's Mininet compares OVS versions with distutils: one warning per switch.
+    quiet = pytest.mark.filterwarnings("ignore:distutils Version classes are deprecated")
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.emulation)
+            item.add_marker(quiet)
             if not_root:
                 item.add_marker(skip)
 
@@ -84,6 +90,53 @@ def dump_flows(switches, out_dir: Path) -> dict[str, str]:
     return dumps
 
 
+def flow_lines(dump: str) -> list[str]:
+    """The flow entries of an ``ovs-ofctl dump-flows`` output (not its header)."""
+    return [ln.strip() for ln in dump.splitlines() if "actions=" in ln]
+
+
+def switch_flow_counts(switches) -> dict[str, int | None]:
+    """Flows in each switch now (``ovs-ofctl dump-aggregate``), None if unreadable."""
+    out = {}
+    for s in switches:
+        r = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-aggregate", s],
+                           capture_output=True, text=True)
+        m = re.search(r"flow_count=(\d+)", r.stdout)
+        out[s] = int(m.group(1)) if m else None
+    return out
+
+
+def expected_flow_counts(topo: Topology) -> dict[str, int]:
+    """Flows each switch holds once the DCC has found every planned link (and
+    nothing else): its service flows plus forwarding towards every host, as
+    :mod:`controllers.fabric` computes them."""
+    fabric = fabric_of(topo)
+    flows = set(fab.forwarding_flows(fabric, fabric.expected_links()))
+    for dpid in fabric.switches.values():
+        flows.update(fab.service_flows(dpid))
+    per_dpid: dict[int, int] = {}
+    for f in flows:
+        per_dpid[f.dpid] = per_dpid.get(f.dpid, 0) + 1
+    return {s: per_dpid.get(dpid, 0) for s, dpid in fabric.switches.items()}
+
+
+def wait_flows_in_switches(topo: Topology, timeout: float = 30) -> dict[str, int]:
+    """Wait until every switch holds the complete flow table the DCC computes.
+
+    The DCC reports convergence while its flow-mods are still being sent and
+    Open vSwitch applies them a little later; a ping in between is lost."""
+    want = expected_flow_counts(topo)
+
+    def differ():
+        have = switch_flow_counts(topo.switches)
+        return {s: f"{have[s]}/{n}" for s, n in want.items() if have[s] != n}
+
+    wait_for(lambda: not differ(), timeout,
+             "every switch to hold the DCC's complete flow table (have/want)", interval=0.2,
+             last=lambda: dict(list(differ().items())[:8]))
+    return want
+
+
 def _wait_bridge_names_free(topo: Topology):
     def taken():
         return sorted(existing_bridges() & set(topo.switches))
@@ -112,9 +165,11 @@ def emulated(topo: Topology, tmp_path: Path, *, caps: Capabilities | None = None
     """Yield ``(ctl, net)``: the DCC process and the started EmulatedNetwork.
 
     With ``controller=False`` no DCC runs (``ctl`` is None) and the switches are
-    pointed at a free port where nothing listens. On exit: flows of every switch
-    go to ``tmp_path``, then the network and the DCC stop, and the test fails if
-    the DCC logged an exception or the run left anything behind.
+    pointed at a free port where nothing listens. With it, the body starts once
+    the DCC has converged and every switch holds its complete flow table. On
+    exit: flows of every switch go to ``tmp_path``, then the network and the DCC
+    stop, and the test fails if the DCC logged an exception or the run left
+    anything behind (checked here when the body passed, else by the session).
     """
     caps = caps or probe()
     run_id = new_run_id()
@@ -130,6 +185,7 @@ def emulated(topo: Topology, tmp_path: Path, *, caps: Capabilities | None = None
                 try:
                     if ctl:
                         ctl.wait_converged(converge_timeout)
+                        wait_flows_in_switches(topo)
                     yield ctl, net
                 finally:
                     dump_flows(topo.switches, tmp_path)
@@ -154,6 +210,14 @@ def caps() -> Capabilities:
     return probe()
 
 
+@pytest.fixture(scope="session")
+def emu():
+    """This module's helpers, for test modules (``emu.emulated(topo, tmp_path)``,
+    ``emu.assert_no_leftovers([run_id])``...): fixtures rather than ``from
+    conftest import``, which breaks as soon as the test dirs become packages."""
+    return SimpleNamespace(**{name: globals()[name] for name in __all__})
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _session_leftovers():
     """After the whole tier: nothing of any run this session started survives.
@@ -169,4 +233,5 @@ def bridges_of_run(run_id: str) -> list[str]:
 
 
 __all__ = ["emulated", "assert_no_leftovers", "dump_flows", "new_run_id", "run_env",
-           "bridges_of_run", "RUN_TAG"]
+           "bridges_of_run", "switch_flow_counts", "expected_flow_counts", "wait_flows_in_switches",
+           "flow_lines"]

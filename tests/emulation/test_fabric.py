@@ -7,8 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import assert_no_leftovers, bridges_of_run, dump_flows, emulated, new_run_id, run_env
 from controllers import cookies
+from testbed import clean
 from testbed.controller import free_port
 from testbed.network import EmulatedNetwork, NetworkError, existing_bridges
 from topologies import by_name
@@ -18,15 +18,10 @@ pytestmark = pytest.mark.emulation
 DCC_FUNCTIONS = {cookies.DISCOVERY, cookies.FORWARDING, cookies.DCC_SERVICE}
 
 
-def flow_lines(dump: str) -> list[str]:
-    """The flow entries of an ``ovs-ofctl dump-flows`` output (not its header)."""
-    return [ln.strip() for ln in dump.splitlines() if "actions=" in ln]
-
-
-def foreign_flows(dump: str) -> list[str]:
+def foreign_flows(flows: list[str]) -> list[str]:
     """Flow entries whose cookie does not name a DCC function (or that have none)."""
     bad = []
-    for ln in flow_lines(dump):
+    for ln in flows:
         m = re.search(r"\bcookie=(0x[0-9a-f]+|\d+)", ln)
         if not m or int(m.group(1), 0) >> 56 not in DCC_FUNCTIONS:
             bad.append(ln)
@@ -44,20 +39,20 @@ class TestFatTree:
     (class scope: it is gone before the next tests reuse the switch names)."""
 
     @pytest.fixture(scope="class")
-    def fattree(self, tmp_path_factory, caps):
+    def fattree(self, tmp_path_factory, caps, emu):
         topo = by_name("fattree:k=4").validate()
-        with emulated(topo, tmp_path_factory.mktemp("fattree"), caps=caps) as (ctl, net):
+        with emu.emulated(topo, tmp_path_factory.mktemp("fattree"), caps=caps) as (ctl, net):
             yield topo, ctl, net
 
-    def test_pingall_with_only_dcc_flows(self, fattree, tmp_path):
+    def test_pingall_with_only_dcc_flows(self, fattree, tmp_path, emu):
         topo, ctl, net = fattree
         assert net.net.pingAll(timeout=1) == 0.0
-        dumps = dump_flows(topo.switches, tmp_path)
+        dumps = emu.dump_flows(topo.switches, tmp_path)
         for s, dump in dumps.items():
             assert not dump.startswith("# dump-flows failed"), dump
-            flows = flow_lines(dump)
+            flows = emu.flow_lines(dump)
             assert flows, f"{s} has no flows at all"
-            assert not foreign_flows(dump), f"{s} has flows the DCC did not install: {foreign_flows(dump)}"
+            assert not foreign_flows(flows), f"{s} has flows the DCC did not install: {foreign_flows(flows)}"
             owners = {int(re.search(r"cookie=(0x[0-9a-f]+)", f).group(1), 16) >> 56 for f in flows}
             assert cookies.FORWARDING in owners, f"{s} has no forwarding flow: {flows}"
 
@@ -78,21 +73,21 @@ def abilene_without_delay():
     return replace(topo, links=[replace(ln, delay_ms=None) for ln in topo.links]).validate()
 
 
-def test_abilene_pingall_with_delays_removed(tmp_path, caps):
+def test_abilene_pingall_with_delays_removed(tmp_path, caps, emu):
     topo = abilene_without_delay()
-    with emulated(topo, tmp_path, caps=caps) as (ctl, net):
+    with emu.emulated(topo, tmp_path, caps=caps) as (ctl, net):
         assert net.net.pingAll(timeout=1) == 0.0
         assert ctl.state()["link_check"] == {"missing": [], "unexpected": []}
 
 
-def test_abilene_with_delays_refused_without_netem(caps):
+def test_abilene_with_delays_refused_without_netem(caps, emu):
     if caps.netem:
         pytest.skip("this kernel has sch_netem: delays are emulated, not refused")
     topo = by_name("sndlib/abilene").validate()
     first = next(ln for ln in topo.links if ln.delay_ms)
-    run_id = new_run_id()
+    run_id = emu.new_run_id()
     before = existing_bridges()
-    with run_env(run_id):
+    with emu.run_env(run_id):
         net = EmulatedNetwork(topo, run_id, caps, free_port(), log=lambda *_: None)
         with pytest.raises(NetworkError) as err:
             with net:
@@ -100,23 +95,22 @@ def test_abilene_with_delays_refused_without_netem(caps):
     msg = str(err.value)
     assert f"link {first.a}-{first.b}" in msg and "netem" in msg, msg
     assert net.net is None
-    # Nothing was created. On a quiet machine `ovs-vsctl list-br` is unchanged;
-    # on a shared one other runs may add bridges meanwhile, so what counts is
-    # that none is tagged with this run (and no process carries its id, below).
-    assert bridges_of_run(run_id) == []
-    new_bridges = existing_bridges() - before
-    assert not new_bridges or all(b not in bridges_of_run(run_id) for b in new_bridges)
-    assert_no_leftovers([run_id], timeout=0)
+    # Nothing was created: `ovs-vsctl list-br` is unchanged, except for bridges
+    # of other runs that may come and go meanwhile on a shared machine.
+    assert emu.bridges_of_run(run_id) == []
+    added = existing_bridges() - before
+    assert added <= set(clean.leftovers(None)["bridges"]) - {*emu.bridges_of_run(run_id)}, added
+    emu.assert_no_leftovers([run_id], timeout=0)
 
 
-def test_no_forwarding_without_controller(tmp_path, caps):
+def test_no_forwarding_without_controller(tmp_path, caps, emu):
     """Fail-secure switches pointed at a port where nothing listens forward nothing."""
     topo = by_name("linear:n=3").validate()
-    with emulated(topo, tmp_path, caps=caps, controller=False) as (ctl, net):
+    with emu.emulated(topo, tmp_path, caps=caps, controller=False) as (ctl, net):
         assert ctl is None
         h1 = net.host("h1")
         for dst in ("h2", "h3"):
             out = h1.cmd(f"ping -c 3 -i 0.2 -W 1 {net.host(dst).IP()} 2>&1")
             assert ping_loss(out) == 100.0, out
-        for s, dump in dump_flows(topo.switches, tmp_path).items():
-            assert flow_lines(dump) == [], f"{s} has flows though no controller ran: {dump}"
+        for s, dump in emu.dump_flows(topo.switches, tmp_path).items():
+            assert emu.flow_lines(dump) == [], f"{s} has flows though no controller ran: {dump}"
