@@ -297,4 +297,11 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         rt.stopping.set()
         return 0
     rt.stopping.wait()
+    # Stopping (SIGTERM from the launcher once the clients are done): let a visit
+    # in progress finish its send - its peer may still owe us an ACK that TCP is
+    # retransmitting - and our own replies go out, so no transfer goes unrecorded.
+    for t in threads:
+        if t.name == "train":
+            t.join(timeout=30)
+    rt.wait_idle(10)
     return 0
