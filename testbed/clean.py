@@ -73,7 +73,7 @@ def _ancestors() -> set[int]:
     return out
 
 
-def _run_of(pid: int) -> str | None:
+def run_of(pid: int) -> str | None:
     """The DAITN_RUN value in a process's (initial) environment, else None."""
     try:
         with open(f"/proc/{pid}/environ", "rb") as f:
@@ -87,7 +87,7 @@ def _run_of(pid: int) -> str | None:
     return None
 
 
-def _cmdline(pid: int) -> str:
+def cmdline(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -104,13 +104,13 @@ def _our_processes(run_id: str | None) -> list[dict]:
         pid = int(name)
         if pid in keep:
             continue
-        run = _run_of(pid)
+        run = run_of(pid)
         if run is None or (run_id is not None and run != run_id):
             continue
         st = _stat(pid)
         if st is None or st[0] in ("Z", "X"):
             continue
-        out.append({"pid": pid, "run": run, "cmd": _cmdline(pid), "start": st[2]})
+        out.append({"pid": pid, "run": run, "cmd": cmdline(pid), "start": st[2]})
     return out
 
 

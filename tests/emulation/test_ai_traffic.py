@@ -32,7 +32,7 @@ import pytest
 
 from nodes import wire
 from nodes.wire import Message, MsgType, Tlv
-from testbed.clean import leftovers
+from testbed.clean import cmdline, leftovers, run_of
 from testbed.results import read_jsonl
 from testbed.wait import wait_for
 
@@ -147,31 +147,11 @@ def background_run(out: Path, *sets: str):
 
 # --- processes of a run -----------------------------------------------------------
 
-def _environ_run(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            items = f.read().split(b"\0")
-    except OSError:
-        return None
-    for it in items:
-        if it.startswith(b"DAITN_RUN="):
-            return it[len("DAITN_RUN="):].decode(errors="replace")
-    return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
 def run_processes(run_id: str) -> list[tuple[int, str]]:
     out = []
     for name in os.listdir("/proc"):
-        if name.isdigit() and _environ_run(int(name)) == run_id:
-            out.append((int(name), _cmdline(int(name))))
+        if name.isdigit() and run_of(int(name)) == run_id:
+            out.append((int(name), cmdline(int(name))))
     return out
 
 
