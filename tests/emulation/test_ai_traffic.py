@@ -156,10 +156,16 @@ def run_processes(run_id: str) -> list[tuple[int, str]]:
 
 
 def host_shell_pid(run_id: str, host: str) -> int | None:
-    """The Mininet shell of ``host`` (its network namespace is the host's)."""
+    """The Mininet shell of ``host`` once it is in the host's own network
+    namespace. Mininet starts it as ``mnexec -cdn bash ... mininet:h3``: the
+    command line ends with the host's name *before* mnexec has unshared the
+    namespace, so a process still in our (the machine's) namespace is not the host yet
+    (CI caught the rogue talking from the machine's own network that way)."""
+    root = netns(os.getpid())  # the machine's (pid 1's is unreadable on some machines)
     for pid, cmd in run_processes(run_id):
         if cmd.endswith(f"mininet:{host}"):
-            return pid
+            ns = netns(pid)
+            return pid if ns is not None and ns != root else None
     return None
 
 
@@ -199,7 +205,7 @@ def in_host_netns(run_id: str, host: str, *args: str, stdout=None) -> subprocess
     run's DAITN_RUN tag, so a run-scoped `daitn clean` would also remove it."""
     shell = host_shell_pid(run_id, host)
     assert shell, f"no Mininet shell of {host} in run {run_id}: {run_processes(run_id)}"
-    env = dict(os.environ, DAITN_RUN=run_id)
+    env = dict(os.environ, DAITN_RUN=run_id, DAITN_TEST_NETNS=netns(os.getpid()))
     return subprocess.Popen([NSENTER, "-t", str(shell), "-n", sys.executable, str(ROGUE), *args],
                             env=env, cwd=REPO, stdout=stdout, stderr=subprocess.STDOUT)
 

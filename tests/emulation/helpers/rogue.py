@@ -211,7 +211,26 @@ class Flood:
         return 0
 
 
+def _in_host_namespace() -> bool:
+    """True unless this process shares the network namespace named by
+    DAITN_TEST_NETNS (the test's own, i.e. the machine's). A helper started
+    against a host whose ``mnexec`` had not yet unshared its namespace would
+    otherwise talk from the machine's own network (seen in CI: a transparent
+    proxy there answered h2's address with HTTP 400). pid 1's namespace is not
+    a usable reference: /proc/1/ns is unreadable on some machines."""
+    outside = os.environ.get("DAITN_TEST_NETNS")
+    try:
+        return outside is not None and os.readlink("/proc/self/ns/net") != outside
+    except OSError:
+        return False
+
+
 def main(argv=None) -> int:
+    if not _in_host_namespace():
+        print("rogue.py: not inside an emulated host's network namespace "
+              "(or DAITN_TEST_NETNS unset); start it with nsenter -t HOST_SHELL_PID -n and DAITN_TEST_NETNS set to the caller's namespace",
+              file=sys.stderr)
+        return 2
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("inject")
