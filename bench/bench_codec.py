@@ -1,4 +1,4 @@
-"""Codec throughput: messages/s of the v2 fast path (nodes/wire.py) and of the scapy layers.
+"""Codec throughput: messages/s of the v3 fast path (nodes/wire.py) and of the scapy layers.
 
 Usage: .venv/bin/python bench/bench_codec.py [--seconds 0.3] [--repeat 3]
 
@@ -32,8 +32,10 @@ def kinds() -> dict[str, Message]:
     return {
         "knowledge_report_10bins": Message(
             MsgType.KNOWLEDGE_REPORT, src=12, dst=W.DCC_NODE, seq=41,
-            body=W.KnowledgeReport(W.Role.DATA | W.Role.MPVU, 6000, 1000,
-                                   [600, 590, 610, 605, 598, 602, 599, 601, 597, 598])),
+            body=W.KnowledgeReport(W.Role.DATA | W.Role.MPVU | W.Role.COMPUTE, 6000, 1000,
+                                   [600, 590, 610, 605, 598, 602, 599, 601, 597, 598],
+                                   capacity=1.0, load=0.25, queue_len=1, noise_epsilon=1.0,
+                                   report_seq=41)),
         "model_chunk_4KiB": Message(
             MsgType.MODEL_CHUNK, src=3, dst=4, task_id=7, model_id=1, model_version=5, seq=9,
             tlvs={Tlv.MODEL_DIGEST: hashlib.sha256(state).digest(),
@@ -85,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             b = m.body
             body = DAITNKnowledgeReport(roles=int(b.roles), samples=b.samples,
                                         verification_samples=b.verification_samples,
-                                        label_hist=b.label_hist)
+                                        label_hist=b.label_hist, capacity=b.capacity,
+                                        load=b.load, queue_len=b.queue_len,
+                                        service_ms=b.service_ms,
+                                        noise_epsilon=b.noise_epsilon,
+                                        report_seq=b.report_seq, models=b.models)
         elif m.type is MsgType.MODEL_CHUNK:
             body = DAITNModelChunk(data=m.body)
         else:

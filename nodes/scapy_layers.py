@@ -1,4 +1,4 @@
-"""The DA-ITN v2 wire format (docs/protocol.md) as scapy layers, for captures, traces and tests.
+"""The DA-ITN v3 wire format (docs/protocol.md) as scapy layers, for captures, traces and tests.
 
 Mirrors :mod:`nodes.wire` field for field (the node runtime and the controller
 use that struct-only fast path; a hypothesis test proves both agree byte for
@@ -259,12 +259,21 @@ class _Body(Packet):
 
 
 class DAITNKnowledgeReport(_Body):
+    """36 fixed bytes, every field at its natural alignment, then the two u32 lists whose
+    counts sit in the first word."""
     name = "DA-ITN KNOWLEDGE_REPORT"
     fields_desc = [FlagsField("roles", 0, 8, _ROLE_NAMES),
-                   IntField("samples", 0), IntField("verification_samples", 0),
                    FieldLenField("n", None, count_of="label_hist", fmt="B"),
+                   FieldLenField("n_models", None, count_of="models", fmt="B"),
+                   XByteField("reserved", 0),
+                   IntField("samples", 0), IntField("verification_samples", 0),
+                   IntField("report_seq", 0), IntField("queue_len", 0),
+                   IEEEFloatField("capacity", 0.0), IEEEFloatField("load", 0.0),
+                   IEEEFloatField("service_ms", 0.0), IEEEFloatField("noise_epsilon", 0.0),
                    FieldListField("label_hist", [], IntField("count", 0),
-                                  count_from=lambda p: p.n)]
+                                  count_from=lambda p: p.n),
+                   FieldListField("models", [], IntField("model_id", 0),
+                                  count_from=lambda p: p.n_models)]
 
 
 class DAITNTrainRequest(_Body):

@@ -1,4 +1,4 @@
-"""DA-ITN wire format v2 (docs/protocol.md): the struct-only fast path, no scapy.
+"""DA-ITN wire format v3 (docs/protocol.md): the struct-only fast path, no scapy.
 
 One message = 36-byte fixed header, TLVs (padded to a 4-byte boundary), a typed
 payload, and an optional authentication trailer (u64 nonce + HMAC-SHA256 tag).
@@ -58,7 +58,7 @@ __all__ = [
 
 MAGIC = b"DA"
 _MAGIC_U16 = 0x4441
-VERSION = 2
+VERSION = 3                     # 3: KNOWLEDGE_REPORT carries load, capacity, models (docs)
 HEADER_LEN = 36                 # fixed part, bytes
 MIN_HDR_WORDS = HEADER_LEN // 4  # 9
 MAX_HDR_WORDS = 255              # hdr_len is a u8 count of 4-byte words
@@ -209,10 +209,18 @@ class Parties(NamedTuple):
 
 @dataclass(slots=True)
 class KnowledgeReport:
+    """What a node advertises to the DCC, periodically; doubles as the node's heartbeat."""
     roles: int = 0               # Role bitmap
     samples: int = 0
     verification_samples: int = 0
-    label_hist: list[int] = field(default_factory=list)
+    label_hist: list[int] = field(default_factory=list)  # noisy counts if noise_epsilon > 0
+    capacity: float = 0.0        # f32: declared relative compute speed, 0 = no compute
+    load: float = 0.0            # f32: busy fraction of the last report interval (may be > 1)
+    queue_len: int = 0           # work waiting: models to train, queries queued
+    service_ms: float = 0.0      # f32: recent mean inference service time, 0 = none yet
+    noise_epsilon: float = 0.0   # f32: epsilon of the Laplace noise on label_hist, 0 = exact
+    report_seq: int = 0          # +1 per report from this node: the DCC spots missed heartbeats
+    models: list[int] = field(default_factory=list)  # model ids an inference server hosts
 
 
 @dataclass(slots=True)
@@ -324,7 +332,13 @@ _HDR_FMTS = ("H", "B", "B", "B", "B", "B", "B", "I", "I", "I", "H", "H", "I", "I
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
-_KR_N = [struct.Struct(f"!BIIB{n}I") for n in range(256)]
+# KNOWLEDGE_REPORT: roles, n, n_models, reserved (x: sent as 0, skipped on receipt), samples,
+# verification_samples, report_seq, queue_len, capacity, load, service_ms, noise_epsilon;
+# then n + n_models u32s (label_hist, models), indexed by n + n_models
+_KR_FIXED = 36
+_KR_N = [struct.Struct(f"!BBBxIIIIffff{k}I") for k in range(511)]
+_KR_FLOATS = ("capacity", "load", "service_ms", "noise_epsilon")
+_INF = float("inf")
 _EV_N = [struct.Struct(f"!ffIB{n}f") for n in range(256)]
 _F32_N: dict[int, struct.Struct] = {}
 _FEAS = struct.Struct("!BfQB")
@@ -689,27 +703,63 @@ def _exact(what: str, have: int, need: int, detail: str = "") -> None:
                         f"{need}-byte body{detail}")
 
 
+def _kr_range_error(values) -> WireError | None:
+    """Name the first KNOWLEDGE_REPORT float that is NaN, infinite or negative (None if none):
+    each is a rate, a time or an epsilon, and a NaN would poison the DCC's comparisons."""
+    for name, v in zip(_KR_FLOATS, values):
+        if not 0.0 <= v < _INF:
+            return WireError(f"KNOWLEDGE_REPORT.{name} = {v!r} must be finite and >= 0")
+    return None
+
+
 def _enc_kr(b: KnowledgeReport) -> bytes:
+    hist, models = b.label_hist, b.models
     try:
-        hist = b.label_hist
-        return _KR_N[len(hist)].pack(b.roles, b.samples, b.verification_samples, len(hist), *hist)
-    except IndexError:
-        raise WireError(f"KNOWLEDGE_REPORT.label_hist has {len(b.label_hist)} bins, "
-                        f"at most 255 fit") from None
+        n, m = len(hist), len(models)
+    except TypeError:
+        raise WireError(f"KNOWLEDGE_REPORT.label_hist and .models must be lists of ints, got "
+                        f"{type(hist).__name__} and {type(models).__name__}") from None
+    if n > 255 or m > 255:
+        what, k = ("label_hist", n) if n > 255 else ("models", m)
+        raise WireError(f"KNOWLEDGE_REPORT.{what} has {k} entries, at most 255 fit")
+    try:
+        cap, load, svc, eps = b.capacity, b.load, b.service_ms, b.noise_epsilon
+        # as in _dec_kr; a Python float too large for the sum is diagnosed as too large for f32
+        if not (cap + load + svc + eps < _INF and cap >= 0.0 and load >= 0.0 and svc >= 0.0
+                and eps >= 0.0):
+            raise ValueError("a float out of range")
+        return _KR_N[n + m].pack(b.roles, n, m, b.samples, b.verification_samples, b.report_seq,
+                                 b.queue_len, cap, load, svc, eps, *hist, *models)
     except _PACK_ERRORS as exc:
-        _diagnose("KNOWLEDGE_REPORT", [("roles", "B", b.roles), ("samples", "I", b.samples),
-                                       ("verification_samples", "I", b.verification_samples)]
-                  + [(f"label_hist[{k}]", "I", v) for k, v in enumerate(b.label_hist)])
-        raise _unfit("KNOWLEDGE_REPORT", exc)
+        _diagnose("KNOWLEDGE_REPORT", [
+            ("roles", "B", b.roles), ("samples", "I", b.samples),
+            ("verification_samples", "I", b.verification_samples),
+            ("report_seq", "I", b.report_seq), ("queue_len", "I", b.queue_len)]
+            + [(name, "f", getattr(b, name)) for name in _KR_FLOATS]
+            + [(f"label_hist[{k}]", "I", v) for k, v in enumerate(hist)]
+            + [(f"models[{k}]", "I", v) for k, v in enumerate(models)])
+        raise _kr_range_error([getattr(b, name) for name in _KR_FLOATS]) or _unfit(
+            "KNOWLEDGE_REPORT", exc)
 
 
 def _dec_kr(d, a: int, e: int) -> KnowledgeReport:
-    if e - a < 10:
-        raise _short("KNOWLEDGE_REPORT", e - a, 10)
-    n = d[a + 9]
-    _exact("KNOWLEDGE_REPORT", e - a, 10 + 4 * n, f" (label_hist n = {n})")
-    v = _KR_N[n].unpack_from(d, a)
-    return KnowledgeReport(_ROLES[v[0]], v[1], v[2], list(v[4:]))
+    if e - a < _KR_FIXED:
+        raise _short("KNOWLEDGE_REPORT", e - a, _KR_FIXED)
+    n = d[a + 1]
+    m = d[a + 2]
+    if e - a != _KR_FIXED + 4 * (n + m):      # the check inline: reports are the DCC's hot path
+        _exact("KNOWLEDGE_REPORT", e - a, _KR_FIXED + 4 * (n + m),
+               f" (label_hist n = {n}, n_models = {m})")
+    v = _KR_N[n + m].unpack_from(d, a)
+    cap, load, svc, eps = v[7:11]
+    # The sum is NaN or inf when any value is (four f32s cannot overflow it); then one
+    # compare each for the sign: cheaper than four chained range checks.
+    if not (cap + load + svc + eps < _INF and cap >= 0.0 and load >= 0.0 and svc >= 0.0
+            and eps >= 0.0):
+        raise _kr_range_error(v[7:11])
+    k = 11 + n
+    return KnowledgeReport(_ROLES[v[0]], v[3], v[4], list(v[11:k]), cap, load, v[6], svc, eps,
+                           v[5], list(v[k:]))
 
 
 def _enc_tr(b: TrainRequest) -> bytes:
@@ -1002,7 +1052,7 @@ def encode(msg: Message, key: bytes | None = None, nonce: int | None = None) -> 
 
 
 def _header_error(d) -> WireError | None:
-    """Explain why the first 36 bytes are not a v2 header, or None if they are."""
+    """Explain why the first 36 bytes are not a v3 header, or None if they are."""
     if d[0] != 0x44 or d[1] != 0x41:
         return WireError(f"bad magic {bytes(d[0:2])!r}, expected {MAGIC!r}")
     if d[2] != VERSION:

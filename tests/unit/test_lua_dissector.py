@@ -1,4 +1,4 @@
-"""Tests for the Wireshark Lua dissector of DA-ITN v2 (tools/wireshark/daitn.lua).
+"""Tests for the Wireshark Lua dissector of DA-ITN v3 (tools/wireshark/daitn.lua).
 
 The messages are built here with ``struct`` straight from docs/protocol.md,
 independently of nodes/wire.py, written to pcaps with scapy and read back by
@@ -54,7 +54,7 @@ scapy_all = pytest.importorskip("scapy.all")
 Ether, IP, UDP, TCP, Raw, wrpcap = (scapy_all.Ether, scapy_all.IP, scapy_all.UDP,
                                     scapy_all.TCP, scapy_all.Raw, scapy_all.wrpcap)
 
-# --- DA-ITN v2, from docs/protocol.md -----------------------------------------
+# --- DA-ITN v3, from docs/protocol.md -----------------------------------------
 
 AUTH, LAST, REPLY = 0x01, 0x02, 0x04
 HDR = struct.Struct(">2sBBBBBBIIIHHIII")
@@ -94,7 +94,7 @@ def t_itinerary(ptr, lap, max_laps, segments):
 
 def msg(mtype, *, flags=0, hop_count=0, hop_limit=0, task=0, model_id=0, mver=0, src=0, dst=0,
         seq=0, ack=0, tlvs=(), payload=b"", nonce=0, tag=b"\0" * 32, hdr_len=None,
-        length=None, magic=b"DA", version=2) -> bytes:
+        length=None, magic=b"DA", version=3) -> bytes:
     area = b"".join(tlvs)
     area += b"\x00" * (-len(area) % 4)            # PADs to a word boundary
     words = (36 + len(area)) // 4 if hdr_len is None else hdr_len
@@ -106,9 +106,11 @@ def msg(mtype, *, flags=0, hop_count=0, hop_limit=0, task=0, model_id=0, mver=0,
     return out
 
 
-def p_kr(roles, samples, vsamples, hist):
-    return struct.pack(">BIIB", roles, samples, vsamples, len(hist)) + b"".join(
-        struct.pack(">I", h) for h in hist)
+def p_kr(roles, samples, vsamples, hist, *, capacity=0.0, load=0.0, queue_len=0,
+         service_ms=0.0, noise_epsilon=0.0, report_seq=0, models=()):
+    return (struct.pack(">BBBBIIIIffff", roles, len(hist), len(models), 0, samples, vsamples,
+                        report_seq, queue_len, capacity, load, service_ms, noise_epsilon)
+            + b"".join(struct.pack(">I", x) for x in list(hist) + list(models)))
 
 
 def p_feas(feasible, secs, nbytes, reasons):
@@ -152,7 +154,7 @@ def case(mtype, fields, **kw):
     m = msg(mtype, **kw)
     area_len = len(b"".join(kw.get("tlvs", ())))
     hdr = {
-        "daitn.magic": [0x4441], "daitn.version": [2], "daitn.type": [mtype],
+        "daitn.magic": [0x4441], "daitn.version": [3], "daitn.type": [mtype],
         "daitn.flags": [kw.get("flags", 0)],
         "daitn.flags.auth": [kw.get("flags", 0) & AUTH and 1],
         "daitn.flags.last": [kw.get("flags", 0) & LAST and 1],
@@ -181,9 +183,16 @@ def case(mtype, fields, **kw):
 case(KNOWLEDGE_REPORT, {
     "daitn.kr.roles": [0x1D], "daitn.kr.roles.data": [1], "daitn.kr.roles.mpvu": [0],
     "daitn.kr.roles.client": [1], "daitn.kr.roles.compute": [1], "daitn.kr.roles.inference": [1],
+    "daitn.kr.n": [4], "daitn.kr.n_models": [2], "daitn.kr.reserved": [0],
     "daitn.kr.samples": [1200], "daitn.kr.verification_samples": [300],
-    "daitn.kr.hist": [10, 20, 0, 4_000_000_000]},
-    flags=REPLY, src=3, dst=0xFFFE, seq=17, payload=p_kr(0x1D, 1200, 300, [10, 20, 0, 4_000_000_000]))
+    "daitn.kr.report_seq": [4_000_000_001], "daitn.kr.queue_len": [7],
+    "daitn.kr.capacity": [2.5], "daitn.kr.load": [1.25], "daitn.kr.service_ms": [3.75],
+    "daitn.kr.noise_epsilon": [0.5],
+    "daitn.kr.hist": [10, 20, 0, 4_000_000_000], "daitn.kr.model": [42, 4_294_967_295]},
+    flags=REPLY, src=3, dst=0xFFFE, seq=17,
+    payload=p_kr(0x1D, 1200, 300, [10, 20, 0, 4_000_000_000], capacity=2.5, load=1.25,
+                 queue_len=7, service_ms=3.75, noise_epsilon=0.5, report_seq=4_000_000_001,
+                 models=[42, 4_294_967_295]))
 case(TRAIN_REQUEST, {
     "daitn.target_accuracy": [0.85], "daitn.deadline": [DEADLINE], "daitn.privacy": [1],
     "daitn.required_label": [0, 3, 9], "daitn.max_hops": [6], "daitn.byte_budget": [5_000_000_000],
@@ -250,6 +259,15 @@ case(MODEL_CHUNK, {"daitn.target_accuracy": [0.75], "daitn.chunk.offset": [0],
                    "daitn.chunk.total": [300_000], "daitn.digest": [DIGEST]},
      task=8, src=1, dst=4, mver=3,
      tlvs=[t_target(7500), t_digest(DIGEST), t_chunk(0, 300_000)])
+# a bare heartbeat: every field at its default but report_seq, no histogram, no models
+case(KNOWLEDGE_REPORT, {
+    "daitn.kr.roles": [0], "daitn.kr.roles.data": [0], "daitn.kr.roles.mpvu": [0],
+    "daitn.kr.roles.client": [0], "daitn.kr.roles.compute": [0],
+    "daitn.kr.roles.inference": [0], "daitn.kr.n": [0], "daitn.kr.n_models": [0],
+    "daitn.kr.reserved": [0], "daitn.kr.samples": [0], "daitn.kr.verification_samples": [0],
+    "daitn.kr.report_seq": [18], "daitn.kr.queue_len": [0], "daitn.kr.capacity": [0.0],
+    "daitn.kr.load": [0.0], "daitn.kr.service_ms": [0.0], "daitn.kr.noise_epsilon": [0.0]},
+    src=8, dst=0xFFFE, seq=18, payload=p_kr(0, 0, 0, [], report_seq=18))
 
 GOOD = [m for m, _ in CASES]
 
@@ -263,6 +281,8 @@ daitn.min_accuracy daitn.privacy daitn.required_label daitn.max_hops daitn.byte_
 daitn.itin.ptr daitn.itin.lap daitn.itin.max_laps daitn.itin.segment daitn.digest
 daitn.chunk.offset daitn.chunk.total daitn.dscp daitn.client daitn.mpvu daitn.end_reason
 daitn.accuracy daitn.kr.roles daitn.kr.samples daitn.kr.verification_samples daitn.kr.hist
+daitn.kr.n daitn.kr.n_models daitn.kr.reserved daitn.kr.report_seq daitn.kr.queue_len
+daitn.kr.capacity daitn.kr.load daitn.kr.service_ms daitn.kr.noise_epsilon daitn.kr.model
 daitn.treq.model_bytes daitn.feas.feasible daitn.feas.est_seconds daitn.feas.est_bytes
 daitn.feas.reason daitn.itin.policy daitn.chunk.data daitn.ack.next_offset daitn.ack.status
 daitn.verdict.accuracy daitn.verdict.loss daitn.verdict.samples daitn.verdict.per_class
@@ -394,13 +414,18 @@ def test_display_filters(good_pcap):
         lambda i: 5 <= types[i] <= 9)
     assert frames_matching(good_pcap, "daitn.flags.auth == 1") == [5]
     assert frames_matching(good_pcap, "daitn.flags.last == 1") == n(lambda i: GOOD[i][4] & LAST)
-    assert frames_matching(good_pcap, "daitn.dst == 0xfffe") == [1, 2]
+    assert frames_matching(good_pcap, "daitn.dst == 0xfffe") == [1, 2, 16]
     assert frames_matching(good_pcap, "daitn.itin.segment == 4") == [4, 5]
     assert frames_matching(good_pcap, "daitn.ack.status == 1") == [7]
     assert frames_matching(good_pcap, 'daitn.error.text contains "route"') == [13]
     assert frames_matching(good_pcap, 'daitn.error.text == ""') == [14]
     assert frames_matching(good_pcap, "daitn.chunk.offset == 262144") == [5]
     assert frames_matching(good_pcap, "daitn.accuracy >= 0.9") == [10]
+    assert frames_matching(good_pcap, "daitn.kr.capacity > 2 && daitn.kr.load > 1") == [1]
+    assert frames_matching(good_pcap, "daitn.kr.model == 42") == [1]
+    assert frames_matching(good_pcap, "daitn.kr.report_seq == 18") == [16]
+    assert frames_matching(good_pcap, "daitn.kr.noise_epsilon > 0") == [1]
+    assert frames_matching(good_pcap, "daitn.kr.queue_len >= 7") == [1]
 
 
 def test_info_column(good_pcap):
@@ -409,7 +434,10 @@ def test_info_column(good_pcap):
     info = [r["_ws.col.Info"][0] for r in rows]
     for (m, _), text in zip(CASES, info):
         assert text.startswith(TYPE_NAMES[m[3] - 1] + " "), text
-    assert info[0].startswith("KNOWLEDGE_REPORT task=0 h3->DCC v=0"), info[0]
+    assert info[0].startswith("KNOWLEDGE_REPORT task=0 h3->DCC v=0 samples=1200 load=1.25 "
+                              "queue=7 report=4000000001"), info[0]
+    assert info[15].startswith("KNOWLEDGE_REPORT task=0 h8->DCC v=0 samples=0 load=0.00 "
+                               "queue=0 report=18"), info[15]
     assert info[4].startswith("MODEL_CHUNK task=7 h1->h4 v=3 off=262144"), info[4]
     assert "LAST" in info[4] and "AUTH" in info[4]
     assert info[12].startswith("ERROR task=0 DCC->bcast"), info[12]
@@ -440,9 +468,14 @@ BAD = {
                                    payload=struct.pack(">Q", 1)), "length 1, expected 2"),
     "ITINERARY TLV odd length": (msg(ITINERARY, tlvs=[tlv(16, b"\x00\x00\x01\x00\x00\x01\x02")],
                                      payload=p_itin("x")), "is not 4 + 2*n"),
-    "KR histogram count too big": (msg(KNOWLEDGE_REPORT,
-                                       payload=struct.pack(">BIIB", 1, 1, 1, 5) + b"\0" * 8),
+    "KR histogram count too big": (msg(KNOWLEDGE_REPORT, payload=p_kr(1, 1, 1, [1] * 5)[:-12]),
                                    "too short for label histogram"),
+    "KR models cut": (msg(KNOWLEDGE_REPORT, payload=p_kr(1, 1, 1, [1], models=[4, 5])[:-1]),
+                      "too short for hosted models"),
+    "KR fixed part cut": (msg(KNOWLEDGE_REPORT, payload=p_kr(1, 1, 1, [])[:35]),
+                          "too short for KNOWLEDGE_REPORT"),
+    "KR in the v2 layout": (msg(KNOWLEDGE_REPORT, payload=struct.pack(">BIIB", 1, 1, 1, 0)),
+                            "need 36 bytes, 10 left"),
     "FEASIBILITY reason too long": (msg(FEASIBILITY, payload=struct.pack(">BfQBH", 1, 1.0, 1, 1, 50)
                                         + b"abc"), "too short for reason text"),
     "ITINERARY policy too long": (msg(ITINERARY, payload=b"\x09abc"), "too short for policy name"),
@@ -484,6 +517,13 @@ WARN = {
                                             t_accuracy(1)]), "daitn.out_of_range"),
     "ack status 3": (msg(ACK, payload=struct.pack(">QB", 0, 3)), "daitn.out_of_range"),
     "feasible 2": (msg(FEASIBILITY, payload=p_feas(2, 1.0, 1, [])), "daitn.out_of_range"),
+    "KR load negative": (msg(KNOWLEDGE_REPORT, payload=p_kr(1, 1, 0, [], load=-0.5)),
+                         "daitn.out_of_range"),
+    "KR capacity NaN": (msg(KNOWLEDGE_REPORT, payload=p_kr(8, 0, 0, [], capacity=NAN)),
+                        "daitn.out_of_range"),
+    "KR service_ms infinite": (msg(KNOWLEDGE_REPORT,
+                                   payload=p_kr(16, 0, 0, [], service_ms=math.inf)),
+                               "daitn.out_of_range"),
     "MODEL_CHUNK without CHUNK": (msg(MODEL_CHUNK, tlvs=[t_digest(DIGEST)], payload=b"x"),
                                   "daitn.missing_tlv"),
     "TASK_RESULT without END_REASON": (msg(TASK_RESULT, tlvs=[t_digest(DIGEST), t_chunk(0, 0),
@@ -554,10 +594,15 @@ def test_tcp_garbage_and_other_versions_do_not_crash(tmp_path):
 
 
 def test_other_versions_are_reported_not_misparsed(tmp_path):
-    pcap = tmp_path / "v1.pcap"
-    wrpcap(str(pcap), udp_frames([msg(ACK, version=1, payload=b"\0" * 9)]))
-    assert frames_matching(pcap, "daitn.bad_version") == [1]
-    assert frames_matching(pcap, "daitn.ack.next_offset") == []
+    pcap = tmp_path / "old.pcap"
+    v2_report = struct.pack(">BIIB", 1, 600, 0, 2) + struct.pack(">II", 300, 300)   # v2 body
+    wrpcap(str(pcap), udp_frames([msg(ACK, version=1, payload=b"\0" * 9),
+                                  msg(KNOWLEDGE_REPORT, version=2, payload=v2_report)]))
+    assert frames_matching(pcap, "daitn.bad_version") == [1, 2]
+    assert frames_matching(pcap, "daitn.ack.next_offset || daitn.kr.samples") == []
+    msgs = fields(pcap, ["_ws.expert.message"])
+    assert any("version 2, this dissector reads version 3" in m
+               for m in msgs[1]["_ws.expert.message"]), msgs[1]
 
 
 def test_every_truncation_and_random_corruption_is_safe(tmp_path):
@@ -666,8 +711,11 @@ def _wire_messages(W):
     M = W.Message
     return [
         (M(W.MsgType.KNOWLEDGE_REPORT, src=5, dst=W.DCC_NODE, seq=3,
-           body=W.KnowledgeReport(roles=W.Role.DATA | W.Role.MPVU, samples=600,
-                                  verification_samples=100, label_hist=[60] * 10)), None),
+           body=W.KnowledgeReport(roles=W.Role.DATA | W.Role.MPVU | W.Role.INFERENCE,
+                                  samples=600, verification_samples=100, label_hist=[60] * 10,
+                                  capacity=0.75, load=0.375, queue_len=12, service_ms=8.5,
+                                  noise_epsilon=2.0, report_seq=77, models=[30, 31, 2**31])),
+         None),
         (M(W.MsgType.TRAIN_REQUEST, task_id=3, src=2, dst=W.DCC_NODE, tlvs=full,
            body=W.TrainRequest(model_bytes=250_000)), None),
         (M(W.MsgType.FEASIBILITY, flags=W.REPLY, task_id=3, src=W.DCC_NODE, dst=2,
@@ -701,7 +749,7 @@ def _wire_messages(W):
 
 def _expected_from_wire(W, m, raw):
     """Field values the dissector must show for the decoded message `m` (bytes `raw`)."""
-    e = {"daitn.magic": [0x4441], "daitn.version": [2], "daitn.type": [int(m.type)],
+    e = {"daitn.magic": [0x4441], "daitn.version": [3], "daitn.type": [int(m.type)],
          "daitn.flags": [m.flags], "daitn.hdr_len": [raw[5]], "daitn.hop_count": [m.hop_count],
          "daitn.hop_limit": [m.hop_limit], "daitn.task_id": [m.task_id],
          "daitn.model_id": [m.model_id], "daitn.model_version": [m.model_version],
@@ -736,7 +784,12 @@ def _expected_from_wire(W, m, raw):
     if isinstance(b, W.KnowledgeReport):
         e.update({"daitn.kr.roles": [int(b.roles)], "daitn.kr.samples": [b.samples],
                   "daitn.kr.verification_samples": [b.verification_samples],
-                  "daitn.kr.hist": list(b.label_hist)})
+                  "daitn.kr.n": [len(b.label_hist)], "daitn.kr.n_models": [len(b.models)],
+                  "daitn.kr.report_seq": [b.report_seq], "daitn.kr.queue_len": [b.queue_len],
+                  "daitn.kr.capacity": [float(b.capacity)], "daitn.kr.load": [float(b.load)],
+                  "daitn.kr.service_ms": [float(b.service_ms)],
+                  "daitn.kr.noise_epsilon": [float(b.noise_epsilon)],
+                  "daitn.kr.hist": list(b.label_hist), "daitn.kr.model": list(b.models)})
     elif isinstance(b, W.TrainRequest):
         e["daitn.treq.model_bytes"] = [b.model_bytes]
     elif isinstance(b, W.Feasibility):

@@ -29,6 +29,7 @@ u16 = st.integers(0, 0xFFFF)
 u32 = st.integers(0, 0xFFFFFFFF)
 u64 = st.integers(0, 2**64 - 1)
 f32 = st.floats(width=32, allow_nan=False)           # exactly representable: exact round trip
+f32_nonneg = st.floats(min_value=0.0, width=32, allow_nan=False, allow_infinity=False)
 accuracy = st.integers(0, 10000).map(lambda k: k / 10000)
 text = st.text(max_size=40)
 
@@ -54,7 +55,10 @@ tlv_sets = st.fixed_dictionaries({}, optional=TLV_VALUES)
 model_bytes = st.binary(max_size=3000)
 BODIES = {
     MsgType.KNOWLEDGE_REPORT: st.builds(W.KnowledgeReport, u8, u32, u32,
-                                        st.lists(u32, max_size=255)),
+                                        st.lists(u32, max_size=255),
+                                        capacity=f32_nonneg, load=f32_nonneg, queue_len=u32,
+                                        service_ms=f32_nonneg, noise_epsilon=f32_nonneg,
+                                        report_seq=u32, models=st.lists(u32, max_size=255)),
     MsgType.TRAIN_REQUEST: st.builds(W.TrainRequest, u64),
     MsgType.FEASIBILITY: st.builds(W.Feasibility, st.booleans(), f32, u64,
                                    st.lists(text, max_size=6)),
@@ -113,7 +117,10 @@ def body_layer(m: Message):
         return L(data=b)
     if isinstance(b, W.KnowledgeReport):
         return L(roles=int(b.roles), samples=b.samples,
-                 verification_samples=b.verification_samples, label_hist=list(b.label_hist))
+                 verification_samples=b.verification_samples, label_hist=list(b.label_hist),
+                 capacity=b.capacity, load=b.load, queue_len=b.queue_len,
+                 service_ms=b.service_ms, noise_epsilon=b.noise_epsilon,
+                 report_seq=b.report_seq, models=list(b.models))
     if isinstance(b, W.TrainRequest):
         return L(model_bytes=b.model_bytes)
     if isinstance(b, W.Feasibility):
@@ -168,7 +175,10 @@ def body_value(m: MsgType, p):
     if m in (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT):
         return b.data
     if m is MsgType.KNOWLEDGE_REPORT:
-        return W.KnowledgeReport(int(b.roles), b.samples, b.verification_samples, b.label_hist)
+        return W.KnowledgeReport(int(b.roles), b.samples, b.verification_samples, b.label_hist,
+                                 capacity=b.capacity, load=b.load, queue_len=b.queue_len,
+                                 service_ms=b.service_ms, noise_epsilon=b.noise_epsilon,
+                                 report_seq=b.report_seq, models=b.models)
     if m is MsgType.TRAIN_REQUEST:
         return W.TrainRequest(b.model_bytes)
     if m is MsgType.FEASIBILITY:
@@ -194,7 +204,7 @@ def assert_dissection_matches(p, data: bytes, d: Message):
     """Scapy's dissection ``p`` of ``data`` says what wire.decode said (``d``), leaving nothing
     undecoded."""
     h = p[DAITN]
-    assert (h.magic, h.version, h.type, int(h.flags)) == (b"DA", 2, int(d.type), d.flags)
+    assert (h.magic, h.version, h.type, int(h.flags)) == (b"DA", 3, int(d.type), d.flags)
     assert h.hdr_len == data[5] and h.length == len(data) - h.hdr_len * 4 - (
         40 if d.flags & AUTH else 0)
     assert ((h.hop_count, h.hop_limit, h.task_id, h.model_id, h.model_version, h.src, h.dst,
@@ -268,6 +278,25 @@ def test_defaults_fill_lengths_and_pads():
     assert b[32:36] == (9).to_bytes(4, "big")
     assert W.decode(b).tlvs == {Tlv.MAX_HOPS: 3}
     assert bytes(DAITN() / DAITNKnowledgeReport())[5] == 9
+
+
+def test_knowledge_report_layer_matches_the_documented_layout():
+    kr = W.KnowledgeReport(W.Role.INFERENCE, 6000, 0, [5, 6, 7], capacity=1.5, load=0.5,
+                           queue_len=2, service_ms=3.25, noise_epsilon=1.0, report_seq=99,
+                           models=[42, 43])
+    b = W.encode(Message(MsgType.KNOWLEDGE_REPORT, src=6, dst=W.DCC_NODE, body=kr))
+    p = DAITN(b)[DAITNKnowledgeReport]
+    assert (p.n, p.n_models, p.reserved) == (3, 2, 0)
+    assert (p.samples, p.report_seq, p.queue_len) == (6000, 99, 2)
+    assert (p.capacity, p.load, p.service_ms, p.noise_epsilon) == (1.5, 0.5, 3.25, 1.0)
+    assert p.label_hist == [5, 6, 7] and p.models == [42, 43]
+    assert "inference" in str(p.roles)
+    # counts are filled at build from the lists; the fixed part is 36 bytes
+    built = bytes(DAITN(src=6, dst=W.DCC_NODE)
+                  / DAITNKnowledgeReport(roles=16, samples=6000, label_hist=[5, 6, 7],
+                                         capacity=1.5, load=0.5, queue_len=2, service_ms=3.25,
+                                         noise_epsilon=1.0, report_seq=99, models=[42, 43]))
+    assert built == b and len(bytes(DAITNKnowledgeReport())) == 36
 
 
 def test_explicit_lengths_are_kept_for_forging():

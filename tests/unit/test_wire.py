@@ -1,4 +1,4 @@
-"""Unit tests for the DA-ITN v2 fast-path codec (nodes/wire.py) against docs/protocol.md."""
+"""Unit tests for the DA-ITN v3 fast-path codec (nodes/wire.py) against docs/protocol.md."""
 import hashlib
 import hmac
 import math
@@ -29,7 +29,9 @@ def sample(mtype: MsgType) -> Message:
     M = MsgType
     if mtype is M.KNOWLEDGE_REPORT:
         return Message(mtype, **hdr, body=KnowledgeReport(
-            Role.DATA | Role.MPVU, 6000, 1000, [600, 590, 610, 605, 598, 602, 599, 601, 597, 598]))
+            Role.DATA | Role.MPVU | Role.INFERENCE, 6000, 1000,
+            [600, 590, 610, 605, 598, 602, 599, 601, 597, 598], capacity=1.5, load=0.25,
+            queue_len=3, service_ms=4.75, noise_epsilon=0.5, report_seq=41, models=[3, 70]))
     if mtype is M.TRAIN_REQUEST:
         return Message(mtype, **hdr, tlvs={
             Tlv.TARGET_ACCURACY: 0.85, Tlv.DEADLINE: 1_764_000_000_123, Tlv.PRIVACY_LEVEL:
@@ -85,7 +87,7 @@ def raw_message(mtype: int, tlv_area: bytes = b"", payload: bytes = b"", flags: 
     """Hand-assemble a message (to build what encode refuses to)."""
     words = hdr_len if hdr_len is not None else (HEADER_LEN + len(tlv_area) + 3) // 4
     tlv_area = tlv_area + b"\0" * (words * 4 - HEADER_LEN - len(tlv_area))
-    head = struct.pack("!HBBBBBBIIIHHIII", 0x4441, 2, mtype, flags, words, 0, 0, 0, 0, 0,
+    head = struct.pack("!HBBBBBBIIIHHIII", 0x4441, 3, mtype, flags, words, 0, 0, 0, 0, 0,
                        1, 2, 0, 0, len(payload) if length is None else length)
     return head + tlv_area + payload
 
@@ -93,7 +95,7 @@ def raw_message(mtype: int, tlv_area: bytes = b"", payload: bytes = b"", flags: 
 # --- constants and layout ------------------------------------------------------------
 
 def test_constants_match_the_doc():
-    assert (W.MAGIC, W.VERSION, W.HEADER_LEN) == (b"DA", 2, 36)
+    assert (W.MAGIC, W.VERSION, W.HEADER_LEN) == (b"DA", 3, 36)
     assert (AUTH, LAST, REPLY) == (1, 2, 4)
     assert DCC_NODE == 0xFFFE and W.BROADCAST == 0xFFFF
     assert (W.DCC_IP, W.DCC_MAC, W.DCC_UDP_PORT, W.NODE_TCP_PORT) == (
@@ -123,7 +125,7 @@ def test_fixed_header_offsets_are_big_endian_as_documented():
                 seq=0x11121314, ack=0x15161718, body=Ack(0x2122232425262728, AckStatus.OK))
     b = encode(m)
     assert len(b) == 36 + 9
-    assert b[0:2] == b"DA" and b[2] == 2 and b[3] == 6 and b[4] == REPLY
+    assert b[0:2] == b"DA" and b[2] == 3 and b[3] == 6 and b[4] == REPLY
     assert b[5] == 9                                   # words: no TLVs
     assert (b[6], b[7]) == (0x11, 0x22)
     assert b[8:12] == bytes([1, 2, 3, 4])
@@ -134,6 +136,51 @@ def test_fixed_header_offsets_are_big_endian_as_documented():
     assert b[28:32] == bytes([0x15, 0x16, 0x17, 0x18])
     assert b[32:36] == (9).to_bytes(4, "big")
     assert b[36:] == bytes(range(0x21, 0x29)) + b"\x00"
+
+
+def test_knowledge_report_layout_is_aligned_as_documented():
+    kr = KnowledgeReport(Role.COMPUTE | Role.INFERENCE, 0x01020304, 0x05060708, [0x0A0B0C0D, 9],
+                         capacity=2.0, load=0.75, queue_len=0x11121314, service_ms=12.5,
+                         noise_epsilon=0.25, report_seq=0x21222324, models=[0x31323334])
+    p = encode(Message(MsgType.KNOWLEDGE_REPORT, body=kr))[HEADER_LEN:]
+    assert len(p) == 36 + 4 * 3
+    assert p[0:4] == bytes([0x18, 2, 1, 0])            # roles, n, n_models, reserved
+    assert p[4:8] == bytes([1, 2, 3, 4]) and p[8:12] == bytes([5, 6, 7, 8])
+    assert p[12:16] == bytes([0x21, 0x22, 0x23, 0x24])  # report_seq
+    assert p[16:20] == bytes([0x11, 0x12, 0x13, 0x14])  # queue_len
+    assert struct.unpack_from("!4f", p, 20) == (2.0, 0.75, 12.5, 0.25)
+    assert p[36:44] == bytes([0x0A, 0x0B, 0x0C, 0x0D, 0, 0, 0, 9])   # label_hist
+    assert p[44:48] == bytes([0x31, 0x32, 0x33, 0x34])                # models
+    # defaults: a 36-byte, all-zero fixed part
+    empty = encode(Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport()))
+    assert empty[HEADER_LEN:] == bytes(36)
+
+
+def test_knowledge_report_positional_fields_keep_their_order():
+    # callers build it with the first four positionally: the new fields only have defaults
+    kr = KnowledgeReport(Role.DATA, 10, 2, [4, 6])
+    assert (kr.capacity, kr.load, kr.queue_len, kr.service_ms, kr.noise_epsilon,
+            kr.report_seq, kr.models) == (0.0, 0.0, 0, 0.0, 0.0, 0, [])
+    assert decode(encode(Message(MsgType.KNOWLEDGE_REPORT, body=kr))).body == kr
+
+
+def test_knowledge_report_at_its_largest_round_trips():
+    kr = KnowledgeReport(0x1F, 2**32 - 1, 2**32 - 1, [2**32 - 1] * 255, capacity=3.4028234e38,
+                         load=1e-45, queue_len=2**32 - 1, service_ms=65504.0,
+                         noise_epsilon=0.0, report_seq=2**32 - 1, models=list(range(255)))
+    m = Message(MsgType.KNOWLEDGE_REPORT, src=4, dst=DCC_NODE, body=kr)
+    b = encode(m)
+    assert len(b) == HEADER_LEN + 36 + 4 * 510
+    d = decode(b)
+    assert d.body.models == list(range(255)) and d.body.label_hist == [2**32 - 1] * 255
+    assert d.body.capacity == struct.unpack("!f", struct.pack("!f", 3.4028234e38))[0]
+    assert encode(d) == b
+
+
+def test_knowledge_report_reserved_byte_is_ignored_on_receipt():
+    b = bytearray(encode(sample(MsgType.KNOWLEDGE_REPORT)))
+    b[HEADER_LEN + 3] = 0xEE
+    assert decode(bytes(b)) == sample(MsgType.KNOWLEDGE_REPORT)
 
 
 def test_tlvs_are_encoded_ascending_and_padded_to_words():
@@ -215,7 +262,9 @@ def test_decoded_values_are_typed():
     assert d.tlvs[Tlv.ITINERARY] == Itinerary(0, 0, 3, [4, 7, 2, 9])
     assert d.tlvs[Tlv.PARTIES].mpvu == 5 and d.tlvs[Tlv.TRANSPORT] == 46
     d = decode(encode(sample(MsgType.KNOWLEDGE_REPORT)))
-    assert d.body.roles == Role.DATA | Role.MPVU and isinstance(d.body.roles, Role)
+    assert d.body.roles == Role.DATA | Role.MPVU | Role.INFERENCE
+    assert isinstance(d.body.roles, Role) and d.body.models == [3, 70]
+    assert isinstance(d.body.queue_len, int) and isinstance(d.body.load, float)
     assert decode(encode(sample(MsgType.ACK))).body.status is AckStatus.DIGEST_MISMATCH
     assert decode(encode(sample(MsgType.FEASIBILITY))).body.feasible is False
 
@@ -265,6 +314,7 @@ GOOD = encode(sample(MsgType.TRAIN_REQUEST))
     (GOOD[:35], "at least 36 header bytes, got 35"),
     (with_header(GOOD, magic=0x4442), "bad magic b'DB'"),
     (with_header(GOOD, version=1), "unsupported version 1"),
+    (with_header(GOOD, version=2), "unsupported version 2, this node speaks 3"),
     (with_header(GOOD, type=0), "unknown message type 0"),
     (with_header(GOOD, type=13), "unknown message type 13"),
     (with_header(GOOD, type=255), "unknown message type 255"),
@@ -349,11 +399,23 @@ def test_reserved_tlv_bytes_are_ignored_on_receipt():
 # --- decode errors: payloads ------------------------------------------------------------
 
 @pytest.mark.parametrize("mtype, payload, match", [
-    (1, b"\x01" * 9, "KNOWLEDGE_REPORT payload is 9 bytes, shorter than the 10"),
-    (1, bytes([1, 0, 0, 0, 5, 0, 0, 0, 1, 2]) + bytes(4),
-     r"payload is 14 bytes, shorter than the 18 .*label_hist n = 2"),
-    (1, bytes([1, 0, 0, 0, 5, 0, 0, 0, 1, 0, 9]),
-     "KNOWLEDGE_REPORT payload has 1 trailing bytes after its 10-byte body"),
+    (1, b"", "KNOWLEDGE_REPORT payload is 0 bytes, shorter than the 36"),
+    (1, b"\x01" * 35, "KNOWLEDGE_REPORT payload is 35 bytes, shorter than the 36"),
+    # the v2 layout (roles, samples, verification_samples, n, hist): too short for v3
+    (1, bytes([1, 0, 0, 0, 5, 0, 0, 0, 1, 0]), "payload is 10 bytes, shorter than the 36"),
+    (1, bytes([1, 2, 0, 0]) + bytes(32) + bytes(4),
+     r"payload is 40 bytes, shorter than the 44 .*label_hist n = 2, n_models = 0"),
+    (1, bytes([1, 1, 3, 0]) + bytes(32) + bytes(4 + 8),
+     r"payload is 48 bytes, shorter than the 52 .*label_hist n = 1, n_models = 3"),
+    (1, bytes([1, 0, 1, 0]) + bytes(32) + bytes(4) + b"\0",
+     "KNOWLEDGE_REPORT payload has 1 trailing bytes after its 40-byte body"),
+    (1, bytes(20) + struct.pack("!f", math.nan) + bytes(12),
+     "KNOWLEDGE_REPORT.capacity = nan must be finite and >= 0"),
+    (1, bytes(24) + struct.pack("!f", -0.5) + bytes(8),
+     r"KNOWLEDGE_REPORT.load = -0.5 must be finite and >= 0"),
+    (1, bytes(28) + struct.pack("!f", math.inf) + bytes(4),
+     "KNOWLEDGE_REPORT.service_ms = inf must be finite"),
+    (1, bytes(32) + struct.pack("!f", -math.inf), "KNOWLEDGE_REPORT.noise_epsilon = -inf"),
     (2, bytes(7), "TRAIN_REQUEST payload is 7 bytes, shorter than the 8"),
     (2, bytes(9), "TRAIN_REQUEST payload has 1 trailing bytes"),
     (3, bytes(13), "FEASIBILITY payload is 13 bytes, shorter than the 14"),
@@ -426,10 +488,30 @@ def test_mangled_messages_raise_only_wire_error(mtype):
     (Message(MsgType.ACK, body=Ack(status=3)), r"ACK.status = 3 is not one of"),
     (Message(MsgType.ACK, body=Ack(next_offset=2**64)), r"ACK.next_offset = 18446744073709551616"),
     (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(label_hist=[0] * 256)),
-     "label_hist has 256 bins, at most 255"),
+     "label_hist has 256 entries, at most 255"),
     (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(label_hist=[1, -2])),
      r"KNOWLEDGE_REPORT.label_hist\[1\] = -2 does not fit u32"),
     (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(roles=256)), "roles = 256"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(models=[0] * 256)),
+     "models has 256 entries, at most 255"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(models=[7, 2**32])),
+     r"KNOWLEDGE_REPORT.models\[1\] = 4294967296 does not fit u32"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(models=None)),
+     "label_hist and .models must be lists of ints, got list and NoneType"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(queue_len=-1)),
+     "KNOWLEDGE_REPORT.queue_len = -1 does not fit u32"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(report_seq=2**32)),
+     "KNOWLEDGE_REPORT.report_seq = 4294967296 does not fit u32"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(capacity="fast")),
+     "KNOWLEDGE_REPORT.capacity must be a float, got str"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(load=-0.1)),
+     r"KNOWLEDGE_REPORT.load = -0.1 must be finite and >= 0"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(service_ms=math.nan)),
+     "KNOWLEDGE_REPORT.service_ms = nan must be finite"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(noise_epsilon=math.inf)),
+     "KNOWLEDGE_REPORT.noise_epsilon = inf must be finite"),
+    (Message(MsgType.KNOWLEDGE_REPORT, body=KnowledgeReport(capacity=1e39)),
+     r"KNOWLEDGE_REPORT.capacity = 1e\+39 is too large for binary32"),
     (Message(MsgType.TRAIN_REQUEST, body=TrainRequest(-1)), "TRAIN_REQUEST.model_bytes = -1"),
     (Message(MsgType.FEASIBILITY, body=Feasibility(est_seconds=1e39)),
      "FEASIBILITY.est_seconds = 1e.39 is too large for binary32"),

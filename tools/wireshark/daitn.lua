@@ -1,4 +1,4 @@
--- Wireshark dissector for the DA-ITN wire protocol, version 2.
+-- Wireshark dissector for the DA-ITN wire protocol, version 3.
 --
 -- Contract: docs/protocol.md. A message is a fixed 36-byte header, TLVs inside
 -- the header (hdr_len counts 4-byte words), a typed payload of `length` bytes
@@ -18,7 +18,7 @@ local daitn = Proto("daitn", "DA-ITN")
 local HEADER_LEN = 36
 local AUTH_LEN = 40
 local MAGIC = 0x4441
-local VERSION = 2
+local VERSION = 3
 
 local FLAG_AUTH, FLAG_LAST, FLAG_REPLY = 0x01, 0x02, 0x04
 
@@ -125,10 +125,19 @@ F("kr_role_mpvu",  ProtoField.bool  ("daitn.kr.roles.mpvu", "mpvu", 8, nil, 0x02
 F("kr_role_client", ProtoField.bool ("daitn.kr.roles.client", "client", 8, nil, 0x04))
 F("kr_role_compute", ProtoField.bool("daitn.kr.roles.compute", "compute", 8, nil, 0x08))
 F("kr_role_inference", ProtoField.bool("daitn.kr.roles.inference", "inference", 8, nil, 0x10))
+F("kr_n",          ProtoField.uint8 ("daitn.kr.n", "Histogram entries", base.DEC))
+F("kr_n_models",   ProtoField.uint8 ("daitn.kr.n_models", "Hosted models", base.DEC))
+F("kr_reserved",   ProtoField.uint8 ("daitn.kr.reserved", "Reserved", base.HEX))
 F("kr_samples",    ProtoField.uint32("daitn.kr.samples", "Samples", base.DEC))
 F("kr_vsamples",   ProtoField.uint32("daitn.kr.verification_samples", "Verification samples", base.DEC))
-F("kr_n",          ProtoField.uint8 ("daitn.kr.n", "Histogram entries", base.DEC))
+F("kr_report_seq", ProtoField.uint32("daitn.kr.report_seq", "Report sequence number", base.DEC))
+F("kr_queue_len",  ProtoField.uint32("daitn.kr.queue_len", "Queue length (work waiting)", base.DEC))
+F("kr_capacity",   ProtoField.float ("daitn.kr.capacity", "Capacity (relative compute speed)"))
+F("kr_load",       ProtoField.float ("daitn.kr.load", "Load (busy fraction of the last interval)"))
+F("kr_service_ms", ProtoField.float ("daitn.kr.service_ms", "Mean inference service time (ms)"))
+F("kr_noise_epsilon", ProtoField.float("daitn.kr.noise_epsilon", "Laplace noise epsilon on the histogram"))
 F("kr_hist",       ProtoField.uint32("daitn.kr.hist", "Label count", base.DEC))
+F("kr_model",      ProtoField.uint32("daitn.kr.model", "Hosted model id", base.DEC))
 F("treq_model_bytes", ProtoField.uint64("daitn.treq.model_bytes", "Model bytes", base.DEC))
 F("feas_feasible", ProtoField.uint8 ("daitn.feas.feasible", "Feasible", base.DEC, { [0] = "no", [1] = "yes" }))
 F("feas_est_seconds", ProtoField.float("daitn.feas.est_seconds", "Estimated seconds"))
@@ -462,23 +471,51 @@ end
 
 local payload_decoders = {}
 
-payload_decoders[1] = function(r, pt, info)   -- KNOWLEDGE_REPORT
-    if not need(r, 10, "KNOWLEDGE_REPORT", pt) then return end
+-- A KNOWLEDGE_REPORT float (capacity, load, service time, epsilon): finite and >= 0.
+local function kr_float(r, pt, pf, what)
+    local range = r.take(4)
+    local v = range:float()
+    local it = pt:add(pf, range)
+    if v ~= v or v < 0 or v == math.huge then
+        it:add_proto_expert_info(ef.range, what .. " = " .. tostring(v) .. ", must be finite and >= 0")
+    end
+    return v
+end
+
+payload_decoders[1] = function(r, pt, info)   -- KNOWLEDGE_REPORT (36 fixed bytes, then lists)
+    if not need(r, 36, "KNOWLEDGE_REPORT", pt) then return end
     local rr = r.take(1)
     local rt = pt:add(f.kr_roles, rr)
     rt:add(f.kr_role_data, rr); rt:add(f.kr_role_mpvu, rr); rt:add(f.kr_role_client, rr)
     rt:add(f.kr_role_compute, rr); rt:add(f.kr_role_inference, rr)
-    local sr = r.take(4)
-    pt:add(f.kr_samples, sr)
-    pt:add(f.kr_vsamples, r.take(4))
     local nr = r.take(1)
     local n = nr:uint()
     pt:add(f.kr_n, nr)
+    local mr = r.take(1)
+    local m = mr:uint()
+    pt:add(f.kr_n_models, mr)
+    pt:add(f.kr_reserved, r.take(1))
+    local sr = r.take(4)
+    pt:add(f.kr_samples, sr)
+    pt:add(f.kr_vsamples, r.take(4))
+    local qr = r.take(4)
+    pt:add(f.kr_report_seq, qr)
+    local lr = r.take(4)
+    pt:add(f.kr_queue_len, lr)
+    kr_float(r, pt, f.kr_capacity, "capacity")
+    local load = kr_float(r, pt, f.kr_load, "load")
+    kr_float(r, pt, f.kr_service_ms, "service_ms")
+    kr_float(r, pt, f.kr_noise_epsilon, "noise_epsilon")
+    info.extra = string.format("samples=%d load=%.2f queue=%d report=%d", sr:uint(), load,
+                               lr:uint(), qr:uint())
     if not need(r, 4 * n, "label histogram", pt) then return end
     for i = 0, n - 1 do
         pt:add(f.kr_hist, r.take(4)):prepend_text("[label " .. i .. "] ")
     end
-    info.extra = "samples=" .. sr:uint()
+    if not need(r, 4 * m, "hosted models", pt) then return end
+    for i = 0, m - 1 do
+        pt:add(f.kr_model, r.take(4)):prepend_text("[" .. i .. "] ")
+    end
 end
 
 payload_decoders[2] = function(r, pt, info)   -- TRAIN_REQUEST
@@ -658,7 +695,7 @@ local function dissect_message(tvb, pinfo, tree)
     mi:append_text(' ("DA")')
     local vi = ht:add(f.version, tvb(2, 1))
     if version ~= VERSION then
-        vi:add_proto_expert_info(ef.version, "DA-ITN version " .. version .. ", this dissector reads version 2")
+        vi:add_proto_expert_info(ef.version, "DA-ITN version " .. version .. ", this dissector reads version " .. VERSION)
         set_info(pinfo, "DA-ITN v" .. version .. " (unsupported)")
         return
     end
@@ -810,7 +847,7 @@ end
 -- TCP: messages back to back in the stream.
 local function tcp_pdu_len(tvb, pinfo, off)
     if tvb(off, 2):uint() ~= MAGIC or tvb(off + 2, 1):uint() ~= VERSION then
-        -- Out of sync (or not v2): hand the rest of the segment over as one
+        -- Out of sync (or another version): hand the rest of the segment over as one
         -- malformed unit instead of waiting for a length we cannot trust.
         return tvb:len() - off
     end
