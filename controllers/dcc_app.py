@@ -30,6 +30,8 @@ from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
 from controllers.itinerary import plan_itinerary
+from controllers.maps import LinkInfo, MapsError, NetworkMaps
+from controllers.northbound import NorthboundAPI
 from nodes import wire
 from nodes.transport import Endpoint
 from nodes.wire import Message, MsgType, Role, Tlv, WireError
@@ -43,6 +45,14 @@ def task_dscp(task_id: int) -> int:
 
 class _ProbeTick(event.EventBase):
     """Time to send LLDP probes and expire unseen links (posted by _probe_loop)."""
+
+
+class _ApiCommand(event.EventBase):
+    """A change asked for on the northbound API, applied on the app's thread."""
+
+    def __init__(self, kind: str, args: dict):
+        super().__init__()
+        self.kind, self.args = kind, args
 
 
 class DCCApp(app_manager.OSKenApp):
@@ -61,15 +71,48 @@ class DCCApp(app_manager.OSKenApp):
         self.converged_at: float | None = None
         self.started = time.time()
         self.knowledge: dict[str, dict] = {}
-        self.answers: dict[int, tuple] = {}  # task_id -> (feasibility, itinerary) (idempotent)
+        self.answers: dict[int, tuple] = {}
+        self.verdicts: list[dict] = []  # MPVU verdicts, in arrival order  # task_id -> (feasibility, itinerary) (idempotent)
         self.errors = 0
         key_file = os.environ.get("DAITN_KEY_FILE")
         self.ep = Endpoint(wire.DCC_NODE, open(key_file, "rb").read() if key_file else None)
         self.ports: dict[int, dict[int, str]] = {}  # dpid -> port_no -> hw_addr
         self.link_seen: dict[tuple[int, int, int, int], float] = {}
         self.probe_interval = float(os.environ.get("DAITN_LLDP_INTERVAL", "1.0"))
+        kcfg = self.fabric.extra.get("knowledge", {})
+        self.stats_interval = float(kcfg.get("port_stats_interval_s", 1.0))
+        self.report_interval = float(kcfg.get("report_interval_s", 1.0))
+        self.maps = NetworkMaps(report_interval_s=self.report_interval,
+                                down_after_intervals=float(kcfg.get("down_after_intervals", 2.5)))
+        self.maps.set_links(self._link_infos())
+        self.echo_rtt: dict[int, float] = {}      # dpid -> control-channel RTT, s
+        self.probe_sent: dict[tuple[int, int], float] = {}  # (dpid, port) -> LLDP send time
+        self.last_stats = 0.0
+        self.last_probe = 0.0
+        self._published: dict = {}
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
+        api = self.fabric.extra.get("api")
+        self.api = None
+        if api:
+            token = open(api["token_file"]).read().strip()
+            self.api = NorthboundAPI("127.0.0.1", int(api["port"]), token,
+                                     {"maps": lambda: self._published.get("maps", {}),
+                                      "state": lambda: self._published},
+                                     lambda kind, args: self.send_event(self.name, _ApiCommand(kind, args)))
+            self.api.start()
+
+    def _link_infos(self) -> list[LinkInfo]:
+        """Every link the spec configured, with its capacity (the DCC is told what the
+        testbed shaped: OVS reports a fixed 10 Gbit/s for veth ports)."""
+        infos = []
+        for ln in self.fabric.extra.get("links", []):
+            # switch-switch links count as up once LLDP has seen them; host links
+            # are up while their switch port is
+            both_switches = ln.get("a_port") is not None and ln.get("b_port") is not None
+            infos.append(LinkInfo(ln["a"], ln.get("a_port"), ln["b"], ln.get("b_port"),
+                                  ln.get("bw"), ln.get("delay"), up=not both_switches))
+        return infos
 
     # ---- bookkeeping -------------------------------------------------------
     def _event(self, kind: str, **data):
@@ -91,9 +134,13 @@ class DCCApp(app_manager.OSKenApp):
             "flows_deleted": self.flow_mods_deleted,
             "flows_current": len(self.installed),
             "knowledge": self.knowledge,
+            "verdicts": len(getattr(self, "verdicts", ())),
             "errors": self.errors,
             "dropped": dict(self.ep.dropped),  # refused control messages, by reason
+            "maps": self.maps.snapshot(time.time()) if hasattr(self, "maps") else {},
+            "api_port": self.api.port if getattr(self, "api", None) else None,
         }
+        self._published = state
         tmp = self.state_path + ".tmp"
         with open(tmp, "w") as f:
             json.dump(state, f, sort_keys=True, default=list)
@@ -210,7 +257,9 @@ class DCCApp(app_manager.OSKenApp):
 
     def _probe(self, dp):
         ofp, parser = dp.ofproto, dp.ofproto_parser
+        now = time.time()
         for port_no, hw in sorted(self.ports.get(dp.id, {}).items()):
+            self.probe_sent[(dp.id, port_no)] = now
             data = LLDPPacket.lldp_packet(dp.id, port_no, hw, 120)
             dp.send_msg(parser.OFPPacketOut(datapath=dp, buffer_id=ofp.OFP_NO_BUFFER,
                                             in_port=ofp.OFPP_CONTROLLER,
@@ -220,17 +269,72 @@ class DCCApp(app_manager.OSKenApp):
         # os-ken 4.2's hub runs native threads: this loop only posts a tick, so
         # all DCC state is changed by the app's one event thread (racing it lost
         # state writes and set iterations, and froze discovery).
+        # ticks often enough to mark a silent node down within a quarter report
+        # interval of its deadline; LLDP and port-stats requests go at their own pace
+        tick = min(self.probe_interval, self.report_interval / 4, self.stats_interval)
         while True:
-            hub.sleep(self.probe_interval)
+            hub.sleep(tick)
             self.send_event(self.name, _ProbeTick())
 
     @set_ev_cls(_ProbeTick)
     def _on_probe_tick(self, ev):
+        now = time.time()
+        for e in self.maps.tick(now):
+            self._event(e.pop("kind"), **e)
+        if now - self.last_probe < self.probe_interval * 0.95:
+            if now - self.last_stats >= self.stats_interval:
+                self._request_stats(now)
+            self._write_state()
+            return
+        self.last_probe = now
         # Probe every port each interval; a link unseen for 3.5 intervals is gone.
         for dp in list(self.datapaths.values()):
             self._probe(dp)
-        cutoff = time.time() - 3.5 * self.probe_interval
+        for dp in list(self.datapaths.values()):
+            # control-channel RTT, to take out of LLDP timings (link latency)
+            dp.send_msg(dp.ofproto_parser.OFPEchoRequest(dp, data=repr(now).encode()))
+        if now - self.last_stats >= self.stats_interval:
+            self._request_stats(now)
+        cutoff = now - 3.5 * self.probe_interval
         self._drop_links(lambda k: self.link_seen.get(k, 0) < cutoff, "lldp_timeout")
+
+    def _request_stats(self, now: float):
+        self.last_stats = now
+        for dp in list(self.datapaths.values()):
+            dp.send_msg(dp.ofproto_parser.OFPPortStatsRequest(dp, 0, dp.ofproto.OFPP_ANY))
+
+    @set_ev_cls(ofp_event.EventOFPEchoReply, [MAIN_DISPATCHER, CONFIG_DISPATCHER])
+    def _echo_reply(self, ev):
+        try:
+            sent = float(ev.msg.data.decode())
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            return
+        self.echo_rtt[ev.msg.datapath.id] = time.time() - sent
+
+    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    def _port_stats(self, ev):
+        now = time.time()
+        sw = self.fabric.name_of(ev.msg.datapath.id)
+        for st in ev.msg.body:
+            if st.port_no > ev.msg.datapath.ofproto.OFPP_MAX:
+                continue
+            self.maps.port_stats(sw, st.port_no, now, rx_bytes=st.rx_bytes, tx_bytes=st.tx_bytes,
+                                 rx_packets=st.rx_packets, tx_packets=st.tx_packets,
+                                 rx_dropped=st.rx_dropped, tx_dropped=st.tx_dropped)
+
+    @set_ev_cls(_ApiCommand)
+    def _api_command(self, ev):
+        if ev.kind == "link":
+            a, b, bw = ev.args["a"], ev.args["b"], ev.args["bw"]
+            try:
+                changes = self.maps.set_capacity(a, b, bw, time.time(), source="api")
+            except MapsError as e:  # unknown link or bad value: refused, logged, not fatal
+                self.logger.warning("refused link change %s: %s", ev.args, e)
+                self._event("api_refused", request=ev.args, reason=str(e))
+                return
+            for e in changes:
+                self._event(e.pop("kind", "link_capacity"), **e)
+            self._write_state()
 
     def _lldp_in(self, msg):
         try:
@@ -238,10 +342,21 @@ class DCCApp(app_manager.OSKenApp):
         except Exception:  # not our LLDP (os-ken raises several kinds)
             return
         key = (src_dpid, src_port, msg.datapath.id, msg.match["in_port"])
-        self.link_seen[key] = time.time()
+        now = time.time()
+        self.link_seen[key] = now
         if key not in self.discovered:
             self.discovered.add(key)
+            for e in self.maps.link_state(self.fabric.name_of(src_dpid), self.fabric.name_of(msg.datapath.id),
+                                          True, now, "lldp"):
+                self._event(e.pop("kind"), **e)
             self._reconcile("link_discovered")
+        sent = self.probe_sent.get((src_dpid, src_port))
+        rtts = [self.echo_rtt.get(src_dpid), self.echo_rtt.get(msg.datapath.id)]
+        if sent is not None and None not in rtts:
+            # LLDP went controller -> src switch -> link -> dst switch -> controller
+            one_way = (now - sent) - (rtts[0] + rtts[1]) / 2
+            self.maps.latency_sample(self.fabric.name_of(src_dpid), self.fabric.name_of(msg.datapath.id),
+                                     max(0.0, one_way) * 1000, now)
 
     def _drop_links(self, pred, cause: str):
         gone = [k for k in self.discovered if pred(k)]
@@ -249,6 +364,13 @@ class DCCApp(app_manager.OSKenApp):
             self.discovered.discard(k)
             self.link_seen.pop(k, None)
             self._event("link_down", link=list(k), cause=cause)
+            if (k[2], k[3], k[0], k[1]) not in self.discovered:  # both directions gone
+                try:
+                    for e in self.maps.link_state(self.fabric.name_of(k[0]), self.fabric.name_of(k[2]),
+                                                  False, time.time(), cause):
+                        self._event(e.pop("kind"), **e)
+                except MapsError as e:
+                    self.logger.warning("link %s: %s", k, e)
         if gone:
             self._reconcile(cause)
         else:
@@ -314,15 +436,37 @@ class DCCApp(app_manager.OSKenApp):
         node = self._host_by_ip(src_ip) or src_ip
         if msg.type == MsgType.KNOWLEDGE_REPORT:
             kr = msg.body
+            now = time.time()
             first = node not in self.knowledge
+            roles = [r.name.lower() for r in Role if kr.roles & r]
             self.knowledge[node] = {"samples": kr.samples, "label_hist": list(kr.label_hist),
                                     "verification_samples": kr.verification_samples,
-                                    "roles": [r.name.lower() for r in Role if kr.roles & r],
-                                    "t": time.time()}
+                                    "roles": roles, "t": now,
+                                    "capacity": getattr(kr, "capacity", 1.0)}
+            extra = {k: getattr(kr, k) for k in ("capacity", "load", "queue_len", "service_ms")
+                     if hasattr(kr, k)}
+            if hasattr(kr, "models"):
+                extra["models"] = list(kr.models)
+            eps = getattr(kr, "noise_epsilon", 0.0)
+            events = self.maps.node_report(node, now, roles=roles, samples=kr.samples,
+                                           label_hist=list(kr.label_hist),
+                                           verification_samples=kr.verification_samples,
+                                           noise_epsilon=eps or None, **extra)
+            for e in events:
+                self._event(e.pop("kind"), **e)
             if first:
                 self._event("knowledge_report", node=node, samples=kr.samples,
-                            label_hist=list(kr.label_hist), roles=self.knowledge[node]["roles"])
+                            label_hist=list(kr.label_hist), roles=roles, **extra)
             self._write_state()
+            return []
+        if msg.type == MsgType.EVAL_VERDICT:
+            # the MPVU's verdict joins the model's record (lineage: #5 builds on it)
+            v = msg.body
+            digest = msg.tlvs.get(Tlv.MODEL_DIGEST)
+            self.verdicts.append({"task": msg.task_id, "version": msg.model_version, "by": node,
+                                  "accuracy": v.accuracy, "loss": v.loss, "samples": v.samples,
+                                  "sha256": digest.hex() if digest else None, "t": time.time()})
+            self._event("verdict_recorded", **self.verdicts[-1])
             return []
         if msg.type == MsgType.TRAIN_REQUEST:
             if msg.task_id not in self.answers:
@@ -337,8 +481,11 @@ class DCCApp(app_manager.OSKenApp):
 
     def _plan(self, msg: Message, client: str) -> tuple[Message, Message | None]:
         """Feasibility + itinerary for a training request (idempotent per task)."""
-        data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k["roles"]}
-        mpvus = sorted(n for n, k in self.knowledge.items() if "mpvu" in k["roles"])
+        now = time.time()
+        # only nodes whose reports are current: one that went silent is down
+        alive = {n for role in ("data", "mpvu") for n in self.maps.alive_nodes(role, now)}
+        data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k["roles"] and n in alive}
+        mpvus = sorted(n for n, k in self.knowledge.items() if "mpvu" in k["roles"] and n in alive)
         answer = plan_itinerary(client, data_nodes, self._host_distance,
                                 msg.tlvs.get(Tlv.REQUIRED_LABELS))
         reasons = list(answer.reasons)

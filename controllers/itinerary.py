@@ -28,7 +28,8 @@ class ItineraryAnswer:
 
 def plan_itinerary(client: str, knowledge: dict[str, dict], distance,
                    required_labels: list[int] | None = None) -> ItineraryAnswer:
-    """``knowledge``: node -> {"samples": int, "label_hist": [counts]};
+    """``knowledge``: node -> {"samples": int, "label_hist": [counts], "capacity":
+    relative compute speed (0: no compute; absent: 1)};
     ``distance(a, b)`` -> hop count between hosts (None if unreachable)."""
     reasons: list[str] = []
     candidates = []
@@ -36,6 +37,8 @@ def plan_itinerary(client: str, knowledge: dict[str, dict], distance,
         k = knowledge[node]
         if k.get("samples", 0) <= 0:
             reasons.append(f"{node} skipped: reports no samples")
+        elif k.get("capacity", 1.0) <= 0:
+            reasons.append(f"{node} skipped: holds data but has no compute to train a visiting model")
         elif distance(client, node) is None:
             reasons.append(f"{node} skipped: not reachable from {client}")
         else:

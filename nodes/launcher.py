@@ -46,7 +46,11 @@ def child(name: str, conf: dict) -> int:
                      hosts={n: v["ip"] for n, v in conf["hosts"].items()}, data=conf["data"],
                      model=conf["model"], training=conf["training"], tasks=conf["tasks"],
                      mpvu=conf["mpvu"], data_nodes=conf["data_nodes"],
-                     key=Path(conf["key_file"]).read_bytes() if conf.get("key_file") else None)
+                     key=Path(conf["key_file"]).read_bytes() if conf.get("key_file") else None,
+                     host_options=conf.get("host_options", {}), knowledge=conf.get("knowledge", {}),
+                     inference=conf.get("inference", {}), workloads=conf.get("workloads", []),
+                     dims=conf.get("dims"),
+                     report_interval_s=float(conf.get("knowledge", {}).get("report_interval_s", 2.0)))
     rt = NodeRuntime(cfg)
     signal.signal(signal.SIGTERM, lambda *_: rt.stopping.set())
     try:
@@ -62,6 +66,10 @@ def main(argv=None) -> int:
     conf = json.loads(Path(argv[0]).read_text())
     import torch  # noqa: F401  (imported once, shared by all children)
     import nodes.roles  # noqa: F401
+    # scikit-learn too (nodes.data imports it lazily): nine children importing it
+    # at once on two cores took ~15 s before the first knowledge report
+    import sklearn.datasets  # noqa: F401
+    import sklearn.model_selection  # noqa: F401
     torch.set_num_threads(1)
 
     children: dict[int, str] = {}
@@ -74,6 +82,11 @@ def main(argv=None) -> int:
             finally:
                 os._exit(code)
         children[pid] = name
+    # the runner reads this to crash a node on the timeline (crash_node)
+    pids_path = Path(conf["run_dir"]) / "node-pids.json"
+    pids_path.with_suffix(".tmp").write_text(json.dumps({n: p for p, n in children.items()}))
+    pids_path.with_suffix(".tmp").rename(pids_path)
+    crashed_dir = Path(conf["run_dir"]) / "crashed"
 
     def stop(*_):
         for pid in children:
@@ -95,6 +108,8 @@ def main(argv=None) -> int:
             status |= code != 0
             if not clients:
                 stop()  # every client is done: the servers can go
+        elif (crashed_dir / name).exists():
+            print(f"node {name} crashed as the timeline asked (exit {code})", file=sys.stderr)
         elif code not in (0, -signal.SIGTERM):
             print(f"node {name} exited with {code}", file=sys.stderr)
             status = 1

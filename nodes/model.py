@@ -55,9 +55,36 @@ def _tensors(X, y):
     return torch.as_tensor(np.asarray(X, dtype=np.float32)), torch.as_tensor(np.asarray(y, dtype=np.int64))
 
 
+class Throttle:
+    """Enforces a compute node's declared capacity (relative speed, 0 < c <= 1):
+    after work that took ``t`` seconds, the node idles ``t * (1/c - 1)`` so it
+    progresses at c times its real speed. Idling is paid in slices of at least
+    2 ms (sleep granularity); ``busy`` and ``idle`` add up what was done."""
+
+    def __init__(self, capacity: float = 1.0):
+        if not 0 < capacity <= 1:
+            raise ValueError(f"capacity must be within (0, 1], got {capacity}")
+        self.capacity = capacity
+        self.busy = self.idle = self._debt = 0.0
+
+    def worked(self, seconds: float):
+        self.busy += seconds
+        if self.capacity >= 1:
+            return
+        self._debt += seconds * (1 / self.capacity - 1)
+        if self._debt >= 0.002:
+            t = time.perf_counter()
+            time.sleep(self._debt)
+            slept = time.perf_counter() - t
+            self.idle += slept
+            self._debt -= slept
+
+
 def train_local(model, X, y, epochs=1, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT_LR, seed=0,
-                momentum=DEFAULT_MOMENTUM):
-    """Train in place with SGD; returns {"epochs", "samples", "loss" (mean of last epoch), "seconds"}."""
+                momentum=DEFAULT_MOMENTUM, capacity=1.0):
+    """Train in place with SGD at ``capacity`` (see Throttle); returns {"epochs",
+    "samples", "loss" (mean of last epoch), "seconds", "compute_seconds", "throttled_seconds"}."""
+    throttle = Throttle(capacity)
     X, y = _tensors(X, y)
     # A fresh optimiser per stop: only the weights travel between nodes, not momentum buffers.
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -67,16 +94,20 @@ def train_local(model, X, y, epochs=1, batch_size=DEFAULT_BATCH_SIZE, lr=DEFAULT
     for _ in range(epochs):
         loss_sum = 0.0
         for batch in torch.randperm(len(y), generator=gen).split(batch_size):
+            t = time.perf_counter()
             opt.zero_grad()
             loss = F.cross_entropy(model(X[batch]), y[batch])
             loss.backward()
             opt.step()
             loss_sum += loss.item() * len(batch)
+            throttle.worked(time.perf_counter() - t)
     return {
         "epochs": epochs,
         "samples": len(y),
         "loss": loss_sum / max(len(y), 1),
         "seconds": time.perf_counter() - start,
+        "compute_seconds": throttle.busy,
+        "throttled_seconds": throttle.idle,
     }
 
 

@@ -1,4 +1,5 @@
-"""Node roles of the DA-ITN terminal layer: data node, MPVU, client.
+"""Node roles of the DA-ITN terminal layer: data node, compute node, MPVU,
+inference server, client.
 
 Each role is a small class over :class:`nodes.runtime.NodeRuntime`. The model
 travels as an AI object: MODEL_CHUNK messages whose TLVs carry the task's
@@ -20,7 +21,9 @@ import time
 import torch
 
 from nodes import wire
-from nodes.data import label_histogram, load_digits_split, make_shards
+import numpy as np
+
+from nodes.data import label_histogram, load_dataset, make_shards, noisy_histogram, verification_set
 from nodes.model import build_mlp, bytes_to_state, evaluate, state_digest, state_to_bytes, train_local
 from nodes.runtime import NodeRuntime, TransferError
 from nodes.wire import EndReason, Message, MsgType, Role, Tlv
@@ -29,42 +32,92 @@ log = logging.getLogger("daitn.node")
 MT = MsgType
 
 
-def _partition(cfg) -> dict:
-    d = cfg.data
-    return {"kind": d["partition"], "alpha": d["alpha"], "min_size": d["min_samples_per_node"],
-            "verification_fraction": d["verification_fraction"]}
-
-
 def _model(cfg):
-    return build_mlp(hidden=tuple(cfg.model["hidden"]), seed=cfg.seed)
+    dims = getattr(cfg, "dims", None) or {"in_features": 64, "n_classes": 10}
+    return build_mlp(in_features=dims["in_features"], n_classes=dims["n_classes"],
+                     hidden=tuple(cfg.model["hidden"]), seed=cfg.seed)
+
+
+def _options(cfg) -> dict:
+    """This host's options from the spec (hosts.NAME), with their defaults."""
+    opts = {"compute": True, "capacity": 1.0, "privacy": "trusted", "trusts": [], "noise_epsilon": None}
+    opts.update((getattr(cfg, "host_options", None) or {}).get(cfg.name, {}))
+    return opts
 
 
 def warm_up(cfg):
     """Pay torch's first-use cost (~1.7 s per forked process) at start-up,
     not inside the first hop where it would distort time-to-target."""
     m = _model(cfg)
-    X = torch.zeros((2, 64)).numpy()
+    X = torch.zeros((2, m[0].in_features)).numpy()
     train_local(m, X, torch.zeros(2, dtype=torch.long).numpy(), epochs=1, batch_size=2)
     bytes_to_state(m, state_to_bytes(m))
+
+
+class LoadMeter:
+    """Fraction of wall time spent working since the last reading (the reported load)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._busy = 0.0
+        self._since = time.time()
+
+    def add(self, seconds: float):
+        with self._lock:
+            self._busy += seconds
+
+    def take(self) -> float:
+        with self._lock:
+            now = time.time()
+            load = self._busy / max(now - self._since, 1e-6)
+            self._busy, self._since = 0.0, now
+            return round(load, 4)
 
 
 class DataNode:
     """Holds one non-IID shard; trains visiting models on it; forwards them on."""
 
-    def __init__(self, rt: NodeRuntime):
+    def __init__(self, rt: NodeRuntime, load: LoadMeter):
         self.rt = rt
         cfg = rt.cfg
-        shards, _, _ = make_shards(cfg.data_nodes, _partition(cfg), cfg.seed)
+        shards, ds = make_shards(cfg.data_nodes, cfg.data, cfg.seed)
         self.shard = shards[cfg.name]
-        del shards  # only our own partition stays in this process
+        self.n_classes = ds.n_classes
+        del shards, ds  # only our own partition stays in this process
+        self.opts = _options(cfg)
+        self.load = load
         self.work: queue.Queue = queue.Queue()
-        warm_up(cfg)
-        self.rt.event("data_loaded", samples=len(self.shard.y),
-                      label_hist=label_histogram(self.shard.y))
+        hist = label_histogram(self.shard.y, self.n_classes)
+        eps = self.opts["noise_epsilon"] or (getattr(cfg, "knowledge", None) or {}).get("noise_epsilon")
+        # One noisy release, drawn once: re-drawing the noise for every report
+        # would let the DCC average it away (and spend epsilon again each time).
+        rng = np.random.default_rng([cfg.seed, wire.node_id(cfg.name), 7])
+        self.eps = eps or 0.0
+        self.published_hist = noisy_histogram(hist, eps, rng)
+        self.computes = bool(self.opts["compute"])
+        self.capacity = float(self.opts["capacity"]) if self.computes else 0.0
+        if self.computes:
+            warm_up(cfg)
+        rt.event("data_loaded", samples=len(self.shard.y), label_hist=hist, published_label_hist=self.published_hist,
+                 noise_epsilon=eps, compute=self.computes, capacity=self.capacity)
+        if not self.computes:
+            rt.event("data_unusable", reason=self._why_unusable())
+
+    def _why_unusable(self) -> str:
+        p = self.opts["privacy"]
+        if p == "local":
+            return (f"{self.rt.name} has no compute and privacy 'local': its raw data may not leave it, "
+                    f"so no model can train on it")
+        if p == "trusted" and not self.opts["trusts"]:
+            return (f"{self.rt.name} has no compute and trusts no compute node (hosts.{self.rt.name}.trusts "
+                    f"is empty): its data is skipped")
+        return (f"{self.rt.name} has no compute; moving its raw data to a compute node is not "
+                f"implemented yet, so its data is skipped")
 
     def knowledge(self) -> dict:
-        return {"roles": Role.DATA, "samples": int(len(self.shard.y)),
-                "label_hist": label_histogram(self.shard.y)}
+        return {"roles": Role.DATA | (Role.COMPUTE if self.computes else 0), "samples": int(len(self.shard.y)),
+                "label_hist": self.published_hist, "noise_epsilon": self.eps,
+                "capacity": self.capacity, "queue_len": self.work.qsize()}
 
     def on_model(self, first: Message, state: bytes, peer: str):
         self.work.put((first, state))  # train after acknowledging, so the sender is not held
@@ -96,12 +149,14 @@ class DataNode:
         version = first.model_version + 1
         stats = train_local(model, self.shard.X, self.shard.y, epochs=tr["local_epochs"],
                             batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
-                            seed=cfg.seed * 1000 + hop)
+                            seed=cfg.seed * 1000 + hop, capacity=self.capacity)
+        self.load.add(stats["seconds"])
         state = state_to_bytes(model)
         digest = state_digest(state)
         rt.event("train", task=first.task_id, hop=hop, lap=itin.lap, version=version,
                  samples=stats["samples"], loss=stats["loss"], seconds=stats["seconds"],
-                 sha256=digest, parent_sha256=parent)
+                 compute_seconds=stats["compute_seconds"], throttled_seconds=stats["throttled_seconds"],
+                 capacity=self.capacity, sha256=digest, parent_sha256=parent)
         common = {Tlv.TARGET_ACCURACY: target, Tlv.DEADLINE: first.tlvs[Tlv.DEADLINE],
                   Tlv.PARTIES: parties}
         if Tlv.TRANSPORT in first.tlvs:
@@ -116,7 +171,8 @@ class DataNode:
             raise TransferError(f"MPVU answered {MsgType(verdict.type).name}, not a verdict")
         acc = verdict.body.accuracy
         rt.event("evaluation", task=first.task_id, hop=hop, at=rt.name, by=wire.node_name(parties.mpvu),
-                 accuracy=acc, loss=verdict.body.loss, version=version)
+                 accuracy=acc, loss=verdict.body.loss, version=version, sha256=digest,
+                 per_class=verdict.body.per_class, samples=verdict.body.samples)
         end = None
         if acc >= target:
             end = EndReason.TARGET_REACHED
@@ -141,14 +197,19 @@ class DataNode:
 
 
 class MPVU:
-    """Model performance verification unit: evaluates models on held-out data."""
+    """Model performance verification unit: evaluates models on held-out data
+    (data.verification: which labels, how many samples) and reports each verdict
+    to the requesting node and to the DCC, for the model's record."""
 
     def __init__(self, rt: NodeRuntime):
         self.rt = rt
         cfg = rt.cfg
-        _, _, self.X, self.y = load_digits_split(cfg.data["verification_fraction"], cfg.seed)
+        ds = load_dataset(cfg.data, cfg.seed)
+        self.X, self.y = verification_set(ds, cfg.data, cfg.seed)
+        self.n_classes = ds.n_classes
+        del ds
         warm_up(cfg)
-        rt.event("verification_set", samples=len(self.y), label_hist=label_histogram(self.y))
+        rt.event("verification_set", samples=len(self.y), label_hist=label_histogram(self.y, self.n_classes))
 
     def knowledge(self) -> dict:
         return {"roles": Role.MPVU, "verification_samples": int(len(self.y))}
@@ -157,29 +218,132 @@ class MPVU:
         model = _model(self.rt.cfg)
         bytes_to_state(model, state)
         v = evaluate(model, self.X, self.y)
+        digest = state_digest(state)
         self.rt.event("verdict", task=first.task_id, version=first.model_version, accuracy=v["accuracy"],
-                      loss=v["loss"], samples=v["samples"], sha256=state_digest(state))
-        return Message(MT.EVAL_VERDICT, flags=wire.REPLY, task_id=first.task_id, model_id=first.model_id,
-                       model_version=first.model_version, hop_count=first.hop_count,
-                       body=wire.EvalVerdict(v["accuracy"], v["loss"], v["samples"], v["per_class_accuracy"]))
+                      loss=v["loss"], samples=v["samples"], per_class=v["per_class_accuracy"], sha256=digest,
+                      trained_at=peer)
+        verdict = Message(MT.EVAL_VERDICT, flags=wire.REPLY, task_id=first.task_id, model_id=first.model_id,
+                          model_version=first.model_version, hop_count=first.hop_count,
+                          tlvs={Tlv.MODEL_DIGEST: bytes.fromhex(digest)},
+                          body=wire.EvalVerdict(v["accuracy"], v["loss"], v["samples"], v["per_class_accuracy"]))
+        try:  # the DCC keeps the verdict in the model's record (best effort: UDP)
+            self.rt.dcc_send(Message(MT.EVAL_VERDICT, task_id=first.task_id, model_id=first.model_id,
+                                     model_version=first.model_version, hop_count=first.hop_count,
+                                     tlvs={Tlv.MODEL_DIGEST: bytes.fromhex(digest)}, body=verdict.body))
+        except OSError as e:
+            log.warning("verdict to the DCC failed: %s", e)
+        return verdict
 
 
 class Client:
-    """Submits training tasks to the DCC and waits for the trained model."""
+    """Submits training tasks to the DCC, waits for the trained model, deploys it
+    to the task's inference servers, then runs its query workloads."""
 
     def __init__(self, rt: NodeRuntime):
         self.rt = rt
         self.results: dict[int, Message] = {}
+        self.states: dict[int, bytes] = {}
+        self.pending: set[int] = set()
         self.done = threading.Condition()
 
     def knowledge(self) -> dict:
         return {"roles": Role.CLIENT}
 
+    def expects(self, task_id: int) -> bool:
+        return task_id in self.pending
+
     def on_model(self, first: Message, state: bytes, peer: str):
         with self.done:
             self.results[first.task_id] = first
+            self.states[first.task_id] = state
             self.done.notify_all()
         return None
+
+    def deploy(self, task: dict):
+        """Send a task's final model to its inference servers (tasks[].deploy_to)."""
+        res, state = self.results.get(task["id"]), self.states.get(task["id"])
+        for host in task.get("deploy_to") or []:
+            if res is None:
+                self.rt.event("deploy_skipped", task=task["id"], to=host, reason="the task returned no model")
+                continue
+            msg = Message(MT.TASK_RESULT, task_id=res.task_id, model_id=res.model_id,
+                          model_version=res.model_version, hop_count=res.hop_count,
+                          tlvs={Tlv.END_REASON: res.tlvs[Tlv.END_REASON],
+                                **({Tlv.ACCURACY: res.tlvs[Tlv.ACCURACY]} if Tlv.ACCURACY in res.tlvs else {})})
+            try:
+                self.rt.send_model(wire.node_id(host), msg, state)
+                self.rt.event("model_deployed", task=task["id"], to=host, version=res.model_version)
+            except TransferError as e:
+                self.rt.event("deploy_failed", task=task["id"], to=host, error=str(e))
+
+    def run_workload(self, w: dict, index: int, queries_X, queries_y, concurrency: int = 8):
+        """Send ``w["queries"]`` inference queries to ``w["server"]`` with the spec's
+        arrival process; up to ``concurrency`` are in flight (one connection each)."""
+        rt = self.rt
+        rng = np.random.default_rng([rt.cfg.seed, index, 11])
+        n, rate = int(w["queries"]), float(w["rate_qps"])
+        if w["arrivals"] == "constant":
+            gaps = np.full(n, 1.0 / rate)
+        elif w["arrivals"] == "bursty":  # bursts back to back, the same mean rate
+            b = int(w["burst_size"])
+            gaps = np.array([(b / rate if i % b == 0 else 0.0) for i in range(n)])
+        else:
+            gaps = rng.exponential(1.0 / rate, n)
+        pick = rng.integers(0, len(queries_y), n)
+        tlvs = {}
+        if w.get("max_latency_ms"):
+            tlvs[Tlv.MAX_LATENCY] = int(w["max_latency_ms"])
+        if w.get("min_accuracy"):
+            tlvs[Tlv.MIN_ACCURACY] = float(w["min_accuracy"])
+        tlvs[Tlv.PRIVACY_LEVEL] = wire.Privacy[w["privacy"].upper()]
+        server = wire.node_id(w["server"])
+        slots = threading.BoundedSemaphore(concurrency)
+        records, lock = [], threading.Lock()
+
+        def one(i):
+            q = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=i + 1, tlvs=dict(tlvs),
+                        body=wire.InferenceQuery([float(x) for x in queries_X[pick[i]]]))
+            t = time.time()
+            try:
+                ans = rt.request(server, q, timeout=30)
+                ok = ans.type == MT.INFERENCE_RESULT
+                rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": ok,
+                       "correct": ok and ans.body.label == int(queries_y[pick[i]]),
+                       "service_ms": ans.body.service_ms if ok else None,
+                       "error": None if ok else getattr(ans.body, "text", MsgType(ans.type).name)}
+            except (TransferError, OSError, wire.WireError) as e:
+                rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": False, "correct": False,
+                       "service_ms": None, "error": str(e)}
+            with lock:
+                records.append(rec)
+            slots.release()
+
+        rt.event("workload_started", workload=index, server=w["server"], model=w["model"], queries=n,
+                 rate_qps=rate, arrivals=w["arrivals"])
+        threads, t_next = [], time.time()
+        for i in range(n):
+            t_next += gaps[i]
+            delay = t_next - time.time()
+            if delay > 0 and rt.stopping.wait(delay):
+                break
+            slots.acquire()
+            th = threading.Thread(target=one, args=(i,), daemon=True)
+            th.start()
+            threads.append(th)
+        for th in threads:
+            th.join(timeout=60)
+        lat = sorted(r["latency_ms"] for r in records if r["answered"])
+        answered = sum(r["answered"] for r in records)
+        limit = w.get("max_latency_ms")
+        out = {"workload": index, "server": w["server"], "model": w["model"], "sent": len(records),
+               "answered": answered, "failed": len(records) - answered,
+               "accuracy": (sum(r["correct"] for r in records) / answered) if answered else None,
+               "latency_ms_mean": float(np.mean(lat)) if lat else None,
+               "latency_ms_p95": float(lat[min(len(lat) - 1, int(0.95 * len(lat)))]) if lat else None,
+               "over_max_latency": sum(1 for x in lat if limit and x > limit),
+               "errors": sorted({r["error"] for r in records if r["error"]})[:5]}
+        rt.event("workload_result", **out)
+        return out
 
     def run_task(self, task: dict):
         rt, cfg = self.rt, self.rt.cfg
@@ -243,42 +407,139 @@ class Client:
         return out
 
 
+class InferenceServer:
+    """Hosts model replicas and answers INFERENCE_QUERY messages, batching queries
+    that arrive within ``inference.max_wait_ms`` (up to ``max_batch``). Reports its
+    models, load, queue length and recent service time in its knowledge reports."""
+
+    def __init__(self, rt: NodeRuntime, load: LoadMeter):
+        self.rt = rt
+        inf = getattr(rt.cfg, "inference", None) or {}
+        self.max_batch = int(inf.get("max_batch", 8))
+        self.max_wait = float(inf.get("max_wait_ms", 5.0)) / 1000
+        self.models: dict[int, torch.nn.Module] = {}
+        self.queue: queue.Queue = queue.Queue()
+        self.load = load
+        self.service_ms = 0.0   # EWMA of query service time (queueing + batch compute)
+        self.served = 0
+        warm_up(rt.cfg)
+
+    def knowledge(self) -> dict:
+        return {"roles": Role.INFERENCE, "models": sorted(self.models), "queue_len": self.queue.qsize(),
+                "service_ms": round(self.service_ms, 3)}
+
+    def on_model(self, first: Message, state: bytes, peer: str):
+        """A TASK_RESULT sent to an inference server deploys that model here."""
+        model = _model(self.rt.cfg)
+        bytes_to_state(model, state)
+        model.eval()
+        self.models[first.model_id] = model
+        self.rt.event("model_hosted", model=first.model_id, version=first.model_version, by=peer,
+                      sha256=state_digest(state))
+        self.rt.report_now()  # the QRRT learns of the replica at once
+        return None
+
+    def on_query(self, m: Message, peer: str) -> Message:
+        if m.model_id not in self.models:
+            return Message(MT.ERROR, flags=wire.REPLY, model_id=m.model_id, seq=m.seq,
+                           body=wire.Error(3, f"{self.rt.name} hosts no model {m.model_id} "
+                                              f"(it hosts {sorted(self.models)})"))
+        done = threading.Event()
+        item = {"m": m, "t": time.time(), "done": done}
+        self.queue.put(item)
+        if not done.wait(30):
+            return Message(MT.ERROR, flags=wire.REPLY, model_id=m.model_id, seq=m.seq,
+                           body=wire.Error(4, "query timed out in the server's queue"))
+        return item["reply"]
+
+    def worker(self):
+        while not self.rt.stopping.is_set():
+            try:
+                first = self.queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            batch, until = [first], time.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.queue.get(timeout=max(0.0, until - time.time())))
+                except queue.Empty:
+                    break
+            t0 = time.time()
+            for mid in {it["m"].model_id for it in batch}:
+                group = [it for it in batch if it["m"].model_id == mid]
+                X = torch.tensor([it["m"].body.features for it in group], dtype=torch.float32)
+                with torch.no_grad():
+                    p = torch.softmax(self.models[mid](X), dim=1)
+                conf, label = p.max(dim=1)
+                now = time.time()
+                for it, c, lab in zip(group, conf.tolist(), label.tolist()):
+                    ms = (now - it["t"]) * 1000
+                    self.service_ms = ms if not self.served else 0.8 * self.service_ms + 0.2 * ms
+                    self.served += 1
+                    it["reply"] = Message(MT.INFERENCE_RESULT, flags=wire.REPLY, model_id=mid, seq=it["m"].seq,
+                                          body=wire.InferenceResult(int(lab), float(c), float(ms)))
+                    it["done"].set()
+            self.load.add(time.time() - t0)
+
+
 def run_node(rt: NodeRuntime, go_file) -> int:
     """Start the roles of this host and serve until stopped (clients stop when done)."""
     cfg = rt.cfg
     torch.set_num_threads(int(cfg.training["torch_threads"]))
     roles = {}
+    load = LoadMeter()
     if "data" in cfg.roles:
-        roles["data"] = DataNode(rt)
+        roles["data"] = DataNode(rt, load)
     if "mpvu" in cfg.roles:
         roles["mpvu"] = MPVU(rt)
+    if "inference" in cfg.roles:
+        roles["inference"] = InferenceServer(rt, load)
     if "client" in cfg.roles:
         roles["client"] = Client(rt)
-
-    # which role takes which model-bearing message
-    by_type = {MT.MODEL_CHUNK: roles.get("data"), MT.EVAL_REQUEST: roles.get("mpvu"),
-               MT.TASK_RESULT: roles.get("client")}
+    capacity = float(_options(cfg)["capacity"]) if "compute" in cfg.roles else 0.0
 
     def on_model(first, state, peer):
-        role = by_type.get(first.type)
+        role = None
+        if first.type == MT.MODEL_CHUNK:
+            role = roles.get("data")
+        elif first.type == MT.EVAL_REQUEST:
+            role = roles.get("mpvu")
+        elif first.type == MT.TASK_RESULT:  # our own task's model, or a model to host
+            c = roles.get("client")
+            role = c if c is not None and c.expects(first.task_id) else roles.get("inference")
         if role is None:
             raise wire.WireError(f"{cfg.name} takes no {MsgType(first.type).name}")
         return role.on_model(first, state, peer)
 
+    def on_control(m, peer):
+        if m.type == MT.INFERENCE_QUERY and "inference" in roles:
+            return roles["inference"].on_query(m, peer)
+        raise wire.WireError(f"{cfg.name} takes no {MsgType(m.type).name} over TCP")
+
     def knowledge():
-        k = wire.KnowledgeReport()
+        k = wire.KnowledgeReport(capacity=capacity)
         for r in roles.values():
             v = r.knowledge()
             k.roles |= int(v.get("roles", 0))
             k.samples = max(k.samples, v.get("samples", 0))
             k.verification_samples = max(k.verification_samples, v.get("verification_samples", 0))
             k.label_hist = v.get("label_hist", k.label_hist)
+            k.capacity = max(k.capacity, float(v.get("capacity", 0.0)))
+            k.queue_len += int(v.get("queue_len", 0))
+            k.service_ms = max(k.service_ms, float(v.get("service_ms", 0.0)))
+            k.noise_epsilon = max(k.noise_epsilon, float(v.get("noise_epsilon", 0.0)))
+            k.models = sorted(set(k.models) | set(v.get("models", [])))
+        if "compute" in cfg.roles:
+            k.roles |= Role.COMPUTE
+        k.load = load.take()
         return k
 
-    threads = [threading.Thread(target=rt.serve, args=(on_model,), daemon=True, name="serve"),
+    threads = [threading.Thread(target=rt.serve, args=(on_model, on_control), daemon=True, name="serve"),
                threading.Thread(target=rt.report_loop, args=(knowledge,), daemon=True, name="report")]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))
+    if "inference" in roles:
+        threads.append(threading.Thread(target=roles["inference"].worker, daemon=True, name="infer"))
     for t in threads:
         t.start()
     rt.event("node_started", roles=sorted(roles), ip=cfg.ip)
@@ -286,17 +547,32 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         while not go_file.exists():  # the runner says go once the DCC knows every data node
             if rt.stopping.wait(0.1):
                 return 1
-        for task in cfg.tasks:
-            if task["client"] == cfg.name:
-                roles["client"].run_task(task)
+        client = roles["client"]
+        mine = [t for t in cfg.tasks if t["client"] == cfg.name]
+        client.pending = {t["id"] for t in mine}
+        for task in mine:
+            client.run_task(task)
+            client.deploy(task)
+        workloads = [(i, w) for i, w in enumerate(getattr(cfg, "workloads", None) or [])
+                     if w["client"] == cfg.name]
+        if workloads:
+            ds = load_dataset(cfg.data, cfg.seed)  # queries: inputs from the held-out split
+            ws = [threading.Thread(target=client.run_workload, args=(w, i, ds.verif_X, ds.verif_y),
+                                   daemon=True, name=f"workload-{i}") for i, w in workloads]
+            for t in ws:
+                t.start()
+            for t in ws:
+                t.join()
         # The result arrived before our ACK went out; when this client exits the
         # launcher stops every node, so let the sender read the ACK first (else,
         # under loss, its last transfer could go unrecorded).
         if not rt.wait_idle(30):
             rt.event("warning", text="connections still open 30 s after the last task ended")
+        rt.event("node_stopping", reason="client done")
         rt.stopping.set()
         return 0
     rt.stopping.wait()
+    rt.event("node_stopping", reason="stopped by the launcher")  # its reports end here: not a failure
     # Stopping (SIGTERM from the launcher once the clients are done): let a visit
     # in progress finish its send - its peer may still owe us an ACK that TCP is
     # retransmitting - and our own replies go out, so no transfer goes unrecorded.

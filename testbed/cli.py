@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 
 def _need_root(what: str):
@@ -19,8 +20,9 @@ def _need_root(what: str):
 
 
 def cmd_check(a) -> int:
-    from testbed.spec import SpecError, load_spec
+    from testbed.spec import SpecError, check_data, load_spec
     spec, topo = load_spec(a.spec, a.set)
+    check_data(spec, a.spec)
     delayed = [f"{ln.a}-{ln.b}" for ln in topo.links if ln.delay_ms]
     note = ""
     if delayed and os.geteuid() == 0:
@@ -94,6 +96,47 @@ def cmd_clean(a) -> int:
     return 0
 
 
+def cmd_maps(a) -> int:
+    """The DRRT/QRRT of a run: live from its DCC while it runs, else its maps.json."""
+    from testbed.api import ApiClient, ApiError
+
+    run_dir = Path(a.run_dir)
+    if not run_dir.is_dir():
+        print(f"daitn maps: {run_dir} is not a run directory", file=sys.stderr)
+        return 2
+    try:
+        snap, source = ApiClient.for_run(run_dir).get("maps"), "live from the DCC"
+    except ApiError as live_err:
+        try:
+            snap, source = json.loads((run_dir / "maps.json").read_text()), "maps.json (run ended)"
+        except (OSError, ValueError) as e:
+            print(f"daitn maps: no live DCC ({live_err}) and no readable {run_dir}/maps.json ({e})",
+                  file=sys.stderr)
+            return 2
+    if a.png:
+        from testbed.mapsview import draw_maps
+        from testbed.spec import load_spec
+        _, topo = load_spec(run_dir / "spec.resolved.yaml")
+        print(f"wrote {draw_maps(snap, topo, a.png)}")
+    if a.json:
+        print(json.dumps(snap, indent=1, sort_keys=True))
+        return 0
+    print(f"DRRT/QRRT of {run_dir} ({source}, t={snap.get('t')})")
+    for node, n in sorted(snap.get("nodes", {}).items(), key=lambda kv: int(kv[0][1:]) if kv[0][1:].isdigit() else 0):
+        print(f"  {node:5} {','.join(n.get('roles', [])):24} {n.get('status', '?'):8} "
+              f"age {n.get('age_s', 0):5.1f} s  reports {n.get('reports', 0)}")
+    for ln in snap.get("drrt", {}).get("resources", {}).get("links", []):
+        ab, ba = ln.get("a_to_b") or {}, ln.get("b_to_a") or {}
+
+        def fmt(d):
+            r, av = d.get("rate_mbps"), d.get("available_mbps")
+            return "?" if r is None else f"{r:.2f}" + ("" if av is None else f" (avail {av:.2f})")
+        print(f"  {ln['a']}-{ln['b']:4} cap {ln.get('capacity_mbps')} Mbit/s  {'up' if ln.get('up') else 'DOWN'}  "
+              f"{ln['a']}->{ln['b']} {fmt(ab)}  {ln['b']}->{ln['a']} {fmt(ba)}  "
+              f"latency {ln.get('latency_ms')} ms")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daitn", description="DA-ITN testbed: model-follow-data on an SDN fabric")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -121,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("path", help="a .pcap file or a run directory")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(fn=cmd_trace)
+    m = sub.add_parser("maps", help="the DRRT/QRRT of a run (live while it runs)")
+    m.add_argument("run_dir")
+    m.add_argument("--json", action="store_true")
+    m.add_argument("--png", help="also draw them to this PNG file")
+    m.set_defaults(fn=cmd_maps)
     cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
     cl.add_argument("--run", help="only leftovers of this run id")
     cl.set_defaults(fn=cmd_clean)

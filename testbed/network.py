@@ -9,6 +9,8 @@ Port numbers are assigned explicitly (link order) and exported as a
 """
 from __future__ import annotations
 
+import dataclasses
+
 import fcntl
 import ipaddress
 import os
@@ -265,14 +267,39 @@ class EmulatedNetwork:
         return f"{node}-eth{port}"
 
     def _shape(self):
-        nodes = {n.name: n for n in self.net.hosts + self.net.switches}
-        for ln, (a, ap, b, bp) in zip(self.topo.links, plan_ports(self.topo)):
-            for node, port in ((a, ap), (b, bp)):
-                intf = self.intf_name(node, port)
-                for c in egress_commands(intf, ln.bw_mbit, ln.loss_pct, ln.delay_ms, self.caps.netem):
-                    out = nodes[node].cmd(c + " 2>&1; echo rc=$?").strip()
-                    if not out.endswith("rc=0"):
-                        raise NetworkError(f"shaping {intf} failed: `{c}` said: {out}")
+        for ln, ports in zip(self.topo.links, plan_ports(self.topo)):
+            self._shape_link(ln, ports)
+
+    def _shape_link(self, ln, ports, drop_loss_filter: bool = False, reshape: bool = False):
+        a, ap, b, bp = ports
+        for node, port in ((a, ap), (b, bp)):
+            intf = self.intf_name(node, port)
+            cmds = egress_commands(intf, ln.bw_mbit, ln.loss_pct, ln.delay_ms, self.caps.netem)
+            if reshape:  # the HTB root exists: `qdisc replace` of it is refused; change its class
+                cmds = [c for c in cmds if not c.startswith(f"tc qdisc replace dev {intf} root ")]
+            if drop_loss_filter:  # loss went back to 0: the old BPF filter must go
+                cmds.insert(0, f"tc filter del dev {intf} parent 1: prio 1 2>/dev/null; true")
+            for c in cmds:
+                out = self.net.get(node).cmd(c + " 2>&1; echo rc=$?").strip()
+                if not out.endswith("rc=0"):
+                    raise NetworkError(f"shaping {intf} failed: `{c}` said: {out}")
+
+    def set_link(self, a: str, b: str, bw: float | None = None, loss: float | None = None):
+        """Change a running link's bandwidth and/or loss (both directions); returns
+        the link as now configured. Delay cannot change here (netem-less kernels)."""
+        plan = plan_ports(self.topo)
+        for i, (ln, ports) in enumerate(zip(self.topo.links, plan)):
+            if {ln.a, ln.b} == {a, b}:
+                new = dataclasses.replace(ln, bw_mbit=bw if bw is not None else ln.bw_mbit,
+                                          loss_pct=loss if loss is not None else ln.loss_pct)
+                shaped = bool(ln.bw_mbit or ln.loss_pct or ln.delay_ms)
+                self._shape_link(new, ports, drop_loss_filter=bool(ln.loss_pct) and not new.loss_pct,
+                                 reshape=shaped)
+                links = list(self.topo.links)
+                links[i] = new
+                self.topo = dataclasses.replace(self.topo, links=links)
+                return new
+        raise NetworkError(f"no link between {a} and {b}")
 
     def host(self, name: str):
         return self.net.get(name)

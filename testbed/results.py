@@ -138,7 +138,21 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
             flow_count += 1
             ours += cookies.function_of(f["cookie"]) is not None
     net = dict(net_info, flows_in_dumps=flow_count, flows_in_dumps_with_dcc_cookie=ours)
-    summary = {"mode": spec.mode, "name": spec.name, "seed": spec.seed, "tasks": tasks, "network": net}
+    raw = [e for e in events if e["kind"] == "raw_data_transfer"]
+    stopped = {}
+    for e in events:
+        if e["kind"] == "node_stopping":
+            stopped.setdefault(e["src"], e["t"])
+    summary = {"mode": spec.mode, "name": spec.name, "seed": spec.seed, "tasks": tasks, "network": net,
+               # raw training samples that crossed the network (only where the spec lets a
+               # data node without compute use a trusted compute node); 0 otherwise
+               "raw_data_bytes_sent": sum(e.get("bytes", 0) for e in raw),
+               "raw_data_transfers": [{k: e.get(k) for k in ("src", "to", "bytes", "samples", "reason")}
+                                      for e in raw],
+               # nodes the DCC marked down before they stopped on purpose (at the end
+               # of a run every node stops reporting)
+               "nodes_marked_down": sorted({e["node"] for e in events if e["kind"] == "node_down"
+                                            and e["t"] < stopped.get(e["node"], float("inf"))})}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -21,11 +21,12 @@ from pathlib import Path
 import yaml
 
 from testbed import results
+from testbed.api import TOKEN_FILE, ApiClient, ApiError
 from testbed.capabilities import probe
-from testbed.controller import REPO_ROOT, ControllerProcess
+from testbed.controller import REPO_ROOT, ControllerProcess, free_port
 from testbed.network import (EmulatedNetwork, NetworkError, emulation_lock, fabric_of, host_ip,
                              plan_ports)
-from testbed.spec import Spec, load_spec
+from testbed.spec import Spec, check_data, load_spec
 from testbed.wait import wait_for
 from topologies.model import Topology
 
@@ -163,7 +164,7 @@ def _pgid_state(pid: int, pgid: int) -> bool:
     return int(fields[2]) == pgid and fields[0] not in ("Z", "X")
 
 
-def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int]) -> dict:
+def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int], dims: dict) -> dict:
     return {
         "run_dir": str(run_dir), "seed": spec.seed,
         "hosts": {h: {"pid": pids[h], "ip": host_ip(h), "roles": roles}
@@ -172,7 +173,60 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int])
         "training": spec.training.model_dump(), "tasks": [t.model_dump() for t in spec.tasks],
         "mpvu": spec.hosts_with("mpvu")[0], "data_nodes": spec.hosts_with("data"),
         "key_file": str(run_dir / KEY_FILE),
+        "host_options": {h: o.model_dump() for h, o in spec.hosts.items()},
+        "knowledge": spec.knowledge.model_dump(), "inference": spec.inference.model_dump(),
+        "workloads": [w.model_dump() for w in spec.workloads], "dims": dims,
     }
+
+
+def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
+    """What the DCC is told besides the fabric: roles and host options, the links
+    as configured (capacities: OVS cannot report HTB-shaped rates), knowledge
+    timing, and where its northbound API listens."""
+    links = [{"a": a, "a_port": None if a.startswith("h") else ap, "b": b,
+              "b_port": None if b.startswith("h") else bp, "bw": ln.bw_mbit, "delay": ln.delay_ms}
+             for ln, (a, ap, b, bp) in zip(topo.links, plan_ports(topo))]
+    return {"roles": spec.nodes, "hosts": {h: o.model_dump() for h, o in spec.hosts.items()},
+            "links": links, "knowledge": spec.knowledge.model_dump(),
+            "api": {"port": free_port(), "token_file": str(token_path)}}
+
+
+class Timeline:
+    """Applies the spec's timeline events at their time after the clients start."""
+
+    def __init__(self, spec: Spec, net: EmulatedNetwork, api: ApiClient, run_dir: Path, say, ev):
+        self.pending = sorted(spec.timeline, key=lambda e: e.at_s)
+        self.net, self.api, self.run_dir, self.say, self.ev = net, api, run_dir, say, ev
+        self.t0: float | None = None
+
+    def start(self):
+        self.t0 = time.time()
+
+    def poll(self):
+        while self.t0 is not None and self.pending and time.time() - self.t0 >= self.pending[0].at_s:
+            self.apply(self.pending.pop(0))
+
+    def apply(self, e):
+        if e.kind == "set_link":
+            a, b = e.link
+            ln = self.net.set_link(a, b, bw=e.bw, loss=e.loss)
+            self.say(f"timeline: link {a}-{b} now {ln.bw_mbit} Mbit/s, {ln.loss_pct or 0}% loss")
+            self.ev("link_changed", link=[a, b], bw=ln.bw_mbit, loss=ln.loss_pct, at_s=e.at_s)
+            if e.bw is not None:
+                try:  # OAM: the DCC learns the configured capacity; utilisation it measures
+                    self.api.set_link_capacity(a, b, ln.bw_mbit)
+                except ApiError as err:
+                    raise RunError(f"could not tell the DCC about link {a}-{b}: {err}") from None
+        elif e.kind == "crash_node":
+            pids = json.loads((self.run_dir / "node-pids.json").read_text())
+            (self.run_dir / "crashed").mkdir(exist_ok=True)
+            (self.run_dir / "crashed" / e.node).touch()
+            try:
+                os.kill(pids[e.node], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.say(f"timeline: node {e.node} crashed (SIGKILL to pid {pids[e.node]})")
+            self.ev("node_crashed", node=e.node, pid=pids[e.node], at_s=e.at_s)
 
 
 def manifest(spec: Spec, run_id: str, caps, spec_path: str) -> dict:
@@ -198,6 +252,7 @@ def manifest(spec: Spec, run_id: str, caps, spec_path: str) -> dict:
 def run(spec_path: str, out: str | None = None, overrides: list[str] | None = None,
         quiet: bool = False) -> Path:
     spec, topo = load_spec(spec_path, overrides)  # SpecError before anything starts
+    dims = check_data(spec, spec_path)  # bad data (files, partition) fails here too
     say = Progress(quiet)
     caps = probe()
     run_id = new_run_id()
@@ -206,10 +261,10 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
     # run directory, is created.
     with emulation_lock(say):
         EmulatedNetwork(topo, run_id, caps, 0).preflight()
-        return _run_locked(spec, topo, spec_path, caps, run_id, out, say)
+        return _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims)
 
 
-def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
+def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
     run_dir = Path(out) if out else REPO_ROOT / "runs" / f"{spec.name}-{run_id}"
     if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"output directory {run_dir} is not empty; choose another --out")
@@ -230,7 +285,10 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
 
     say(f"run {run_id}: {spec.name} on {topo.name} ({len(topo.switches)} switches, "
         f"{len(topo.hosts)} hosts), {caps.datapath}space OVS -> {run_dir}")
-    fabric = fabric_of(topo, extra={"roles": spec.nodes})
+    token_path = run_dir / TOKEN_FILE
+    token_path.touch(mode=0o600)
+    token_path.write_text(secrets.token_hex(16))
+    fabric = fabric_of(topo, extra=dcc_config(spec, topo, token_path))
     net_info = {"hosts": len(topo.hosts), "switches": len(topo.switches), "links": len(topo.links),
                 "datapath": caps.datapath}
     try:
@@ -250,7 +308,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
             say(f"DCC converged in {net_info['convergence_seconds']:.1f} s: {st['links_discovered']} "
                 f"directed links, {st['flows_installed']} flows installed")
             stack.enter_context(captures(net, spec.capture, run_dir / "pcaps", run_id))
-            conf = node_config(spec, topo, run_dir, net.host_pids())
+            conf = node_config(spec, topo, run_dir, net.host_pids(), dims)
             nodes = stack.enter_context(node_processes(run_dir, conf, run_id))
             reporting = set(spec.nodes)
 
@@ -262,18 +320,32 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
             wait_for(known, 120, "knowledge reports from every node at the DCC",
                      last=lambda: sorted(ctl.state().get("knowledge", {})))
             say(f"DCC has knowledge reports from all {len(reporting)} nodes; clients start")
+            api = ApiClient.for_run(run_dir)
+            timeline = Timeline(spec, net, api, run_dir, say, ev)
             ev("clients_go")
             (run_dir / ".go").touch()
+            timeline.start()
             deadline = time.time() + max(t.deadline_s for t in spec.tasks) + 90
             watcher = results.EventWatcher(run_dir, say)
+            last_maps, maps_due = None, 0.0
             while nodes.poll() is None:
                 watcher.poll()
+                timeline.poll()
+                if time.time() >= maps_due:  # the maps as last seen while the nodes ran
+                    maps_due = time.time() + 1.0
+                    try:
+                        last_maps = api.get("maps")
+                    except ApiError as err:
+                        say(f"DRRT/QRRT not readable: {err}")
                 if not ctl.alive():
                     raise RunError(f"the controller died; see {ctl.log_path}")
                 if time.time() > deadline:
                     raise RunError("tasks did not finish within their deadline + 90 s; see logs/")
                 time.sleep(0.2)
             watcher.poll()
+            ev("nodes_finished", returncode=nodes.returncode)
+            if last_maps is not None:
+                (run_dir / "maps.json").write_text(json.dumps(last_maps, indent=1, sort_keys=True))
             if nodes.returncode != 0:
                 say(f"node launcher exited with {nodes.returncode}; see {run_dir/'logs'}/nodes.log")
             results.dump_flows(topo.switches, run_dir / "flows")
@@ -290,6 +362,10 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say) -> Path:
         results.write_events(run_dir, runner_events)
     summary = results.summarize(run_dir, spec, net_info)
     results.plot(run_dir)
+    if (run_dir / "maps.json").exists():
+        from testbed.mapsview import draw_maps, load_snapshot
+        draw_maps(load_snapshot(run_dir / "maps.json"), topo, run_dir / "plots" / "maps.png",
+                  title=f"{spec.name}: DRRT/QRRT at the end of the run")
     for t in summary["tasks"]:
         say(f"task {t['id']}: {'reached' if t['reached'] else 'missed'} target {t['target_accuracy']} "
             f"(final {t['final_accuracy']}) after {t['hops']} hops via {' -> '.join(t['itinerary'])}; "

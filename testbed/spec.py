@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 import topologies
 from topologies.model import Topology, TopologyError
 
-ROLES = ("client", "data", "mpvu")
+ROLES = ("client", "data", "compute", "mpvu", "inference")
 
 
 class SpecError(ValueError):
@@ -39,12 +39,87 @@ class LinkDefaults(_Strict):
                                               "topohub propagation delays) instead of filling unset ones")
 
 
+class SyntheticSpec(_Strict):
+    samples: int = Field(2000, ge=20)
+    features: int = Field(32, ge=2)
+    classes: int = Field(10, ge=2, le=256)
+    class_sep: float = Field(1.5, gt=0)
+
+
+class VerificationSpec(_Strict):
+    """The MPVU's verification set, taken from the held-out split."""
+    samples: int | None = Field(None, ge=1, description="cap (stratified); None: the whole split")
+    labels: list[int] | None = Field(None, description="only these labels; None: all")
+
+
 class DataSpec(_Strict):
-    dataset: Literal["digits"] = "digits"
-    partition: Literal["dirichlet", "iid"] = "dirichlet"
-    alpha: float = Field(0.3, gt=0)
+    dataset: Literal["digits", "synthetic", "mnist", "fashion_mnist", "cifar10"] = "digits"
+    root: str | None = Field(None, description="directory in torchvision's on-disk layout "
+                                               "(mnist, fashion_mnist, cifar10)")
+    max_samples: int | None = Field(None, ge=10, description="cap on the training pool (stratified)")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    partition: Literal["dirichlet", "iid", "k_labels", "quantity_skew"] = "dirichlet"
+    alpha: float = Field(0.3, gt=0, description="dirichlet concentration")
+    labels_per_node: int = Field(2, ge=1, description="k_labels: distinct labels per data node")
+    skew_sigma: float = Field(1.0, gt=0, description="quantity_skew: lognormal sigma of node sizes")
     verification_fraction: float = Field(0.25, gt=0, lt=1)
     min_samples_per_node: int = Field(10, ge=1)
+    verification: VerificationSpec = Field(default_factory=VerificationSpec)
+
+
+class HostSpec(_Strict):
+    """Per-host options of the terminal layer."""
+    compute: bool = Field(True, description="a data node trains visiting models itself; false: it "
+                                            "has no compute and its data can only be used at a "
+                                            "compute node it trusts, if its privacy level allows")
+    capacity: float = Field(1.0, gt=0, le=1, description="relative compute speed (1 = one full "
+                                                          "core); enforced by throttling training steps")
+    privacy: Literal["public", "trusted", "local"] = Field(
+        "trusted", description="where this node's raw data may go: public: any compute node; "
+                               "trusted: only compute nodes listed in trusts; local: nowhere")
+    trusts: list[str] = Field(default_factory=list, description="compute nodes this node trusts")
+    noise_epsilon: float | None = Field(None, gt=0, description="Laplace noise on this node's "
+                                                                 "label histogram (overrides knowledge.noise_epsilon)")
+
+
+class KnowledgeSpec(_Strict):
+    """Knowledge reports (they double as heartbeats) and how the DCC ages them."""
+    report_interval_s: float = Field(1.0, gt=0, le=60)
+    noise_epsilon: float | None = Field(None, gt=0, description="Laplace noise (epsilon) on label "
+                                                                 "histograms; None: exact counts")
+    down_after_intervals: float = Field(2.5, gt=1, description="a node silent this many report "
+                                                              "intervals is marked down")
+    port_stats_interval_s: float = Field(1.0, gt=0, le=60, description="how often the DCC reads "
+                                                                       "switch port counters")
+
+
+class InferenceSpec(_Strict):
+    max_batch: int = Field(8, ge=1, description="queries answered together")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long a batch waits to fill")
+
+
+class WorkloadSpec(_Strict):
+    """A client's inference query workload, started when the model of ``model`` is deployed."""
+    client: str
+    server: str = Field(description="inference host that serves the queries")
+    model: int = Field(ge=1, description="id of the training task whose final model answers them")
+    queries: int = Field(100, ge=1)
+    rate_qps: float = Field(20.0, gt=0, description="mean arrival rate")
+    arrivals: Literal["poisson", "constant", "bursty"] = "poisson"
+    burst_size: int = Field(10, ge=1, description="bursty: queries sent back to back per burst")
+    max_latency_ms: float | None = Field(None, gt=0)
+    min_accuracy: float | None = Field(None, gt=0, le=1)
+    privacy: Literal["public", "trusted", "local"] = "public"
+
+
+class TimelineEvent(_Strict):
+    """Something that happens to the network during the run (seconds after the clients start)."""
+    at_s: float = Field(ge=0)
+    kind: Literal["set_link", "crash_node"]
+    link: list[str] | None = Field(None, description="set_link: the two ends, e.g. [s1, s2]")
+    bw: float | None = Field(None, gt=0, description="set_link: new bandwidth, Mbit/s")
+    loss: float | None = Field(None, ge=0, le=100, description="set_link: new loss, %")
+    node: str | None = Field(None, description="crash_node: the host whose node process is killed")
 
 
 class ModelSpec(_Strict):
@@ -73,6 +148,8 @@ class TaskSpec(_Strict):
     deadline_s: float = Field(gt=0)
     max_laps: int = Field(10, ge=1)
     required_labels: list[int] | None = None
+    deploy_to: list[str] = Field(default_factory=list, description="inference hosts that get the "
+                                                                    "final model")
 
 
 class ControllerSpec(_Strict):
@@ -87,15 +164,28 @@ class Spec(_Strict):
     topology: dict
     links: LinkDefaults = Field(default_factory=LinkDefaults)
     nodes: dict[str, list[str]]
+    hosts: dict[str, HostSpec] = Field(default_factory=dict)
+    knowledge: KnowledgeSpec = Field(default_factory=KnowledgeSpec)
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     tasks: list[TaskSpec]
+    inference: InferenceSpec = Field(default_factory=InferenceSpec)
+    workloads: list[WorkloadSpec] = Field(default_factory=list)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
     capture: list[str] = Field(default_factory=list, description="interfaces to capture, e.g. h1-eth0, s1-eth2")
     controller: ControllerSpec = Field(default_factory=ControllerSpec)
 
     def hosts_with(self, role: str) -> list[str]:
         return sorted((h for h, roles in self.nodes.items() if role in roles), key=lambda h: int(h[1:]))
+
+    def host(self, name: str) -> HostSpec:
+        return self.hosts.get(name) or HostSpec()
+
+    def computes(self, name: str) -> bool:
+        """Can ``name`` train a model: a compute node, or a data node with compute."""
+        roles = self.nodes.get(name, [])
+        return "compute" in roles or ("data" in roles and self.host(name).compute)
 
 
 def _set_dotted(d: dict, dotted: str, value, file: str):
@@ -173,6 +263,9 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
         raise SpecError(file, "nodes", "exactly one host needs the role 'mpvu' (the model verification unit)")
     ids = set()
     for i, t in enumerate(spec.tasks):
+        for j, h in enumerate(t.deploy_to):
+            if "inference" not in spec.nodes.get(h, []):
+                raise SpecError(file, f"tasks.{i}.deploy_to.{j}", f"{h!r} does not have the role 'inference'")
         if t.id in ids:
             raise SpecError(file, f"tasks.{i}.id", f"duplicate task id {t.id}")
         ids.add(t.id)
@@ -180,6 +273,12 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
             raise SpecError(file, f"tasks.{i}.client", f"{t.client!r} does not have the role 'client'")
     if not spec.tasks:
         raise SpecError(file, "tasks", "at least one task is needed")
+    _check_terminal(spec, file)
+    adjacent = {frozenset((l.a, l.b)) for l in topo.links}
+    for i, e in enumerate(spec.timeline):
+        if e.kind == "set_link" and frozenset(e.link) not in adjacent:
+            raise SpecError(file, f"timeline.{i}.link", f"{e.link[0]} and {e.link[1]} are not joined "
+                                                        f"by a link in {topo.name!r}")
     from testbed.network import plan_ports  # pure; imports no mininet
     intfs = {f"{n}-eth{p}" for a, ap, b, bp in plan_ports(topo) for n, p in ((a, ap), (b, bp))}
     for i, intf in enumerate(spec.capture):
@@ -188,6 +287,50 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
                                                   f"(hosts have hN-eth0, switch sN has sN-eth1.."
                                                   f"sN-eth<degree>; see `daitn topo show`)")
     return topo
+
+
+def check_data(spec: Spec, file) -> dict:
+    """Load the data set once and partition it as the nodes will, so a bad data
+    spec (missing files, a partition that cannot give every node enough
+    samples) fails before anything starts; returns the model's input and output sizes."""
+    from nodes.data import DataError, make_shards
+    try:
+        _, ds = make_shards(spec.hosts_with("data"), spec.data.model_dump(), spec.seed)
+    except DataError as e:
+        raise SpecError(str(file), e.field, e.reason) from None
+    return {"in_features": ds.in_features, "n_classes": ds.n_classes}
+
+
+def _check_terminal(spec: Spec, file: str):
+    """Cross-field rules of the terminal layer (hosts, workloads, timeline)."""
+    for host, opts in spec.hosts.items():
+        if host not in spec.nodes:
+            raise SpecError(file, f"hosts.{host}", f"{host!r} has no roles under nodes:")
+        for j, t in enumerate(opts.trusts):
+            if "compute" not in spec.nodes.get(t, []):
+                raise SpecError(file, f"hosts.{host}.trusts.{j}",
+                                f"{t!r} is not a compute node (give it the role 'compute')")
+    task_ids = {t.id: t for t in spec.tasks}
+    for i, w in enumerate(spec.workloads):
+        if "client" not in spec.nodes.get(w.client, []):
+            raise SpecError(file, f"workloads.{i}.client", f"{w.client!r} does not have the role 'client'")
+        if "inference" not in spec.nodes.get(w.server, []):
+            raise SpecError(file, f"workloads.{i}.server", f"{w.server!r} does not have the role 'inference'")
+        if w.model not in task_ids:
+            raise SpecError(file, f"workloads.{i}.model", f"no task with id {w.model}")
+        if w.server not in task_ids[w.model].deploy_to:
+            raise SpecError(file, f"workloads.{i}.server",
+                            f"task {w.model}'s model is not deployed to {w.server!r}; "
+                            f"add it to tasks[id={w.model}].deploy_to")
+    for i, e in enumerate(spec.timeline):
+        if e.kind == "set_link":
+            if not e.link or len(e.link) != 2:
+                raise SpecError(file, f"timeline.{i}.link", "set_link needs link: [END_A, END_B]")
+            if e.bw is None and e.loss is None:
+                raise SpecError(file, f"timeline.{i}", "set_link needs bw and/or loss")
+        elif e.kind == "crash_node":
+            if e.node not in spec.nodes:
+                raise SpecError(file, f"timeline.{i}.node", f"{e.node!r} is not a node of this spec")
 
 
 def _span(names: list[str]) -> str:

@@ -82,12 +82,12 @@ class BackgroundRun:
     """`daitn run` in the background (its output to a file, never a pipe: the
     progress lines of a flood would fill a pipe and block the runner)."""
 
-    def __init__(self, out: Path, *sets: str):
+    def __init__(self, out: Path, *sets: str, spec: Path | None = None):
         self.out = out
         self.log_path = out.parent / f"{out.name}.log"
         self._log = open(self.log_path, "wb")
         self.t0 = time.time()
-        self.proc = subprocess.Popen(DAITN + ["run", str(SPEC), "--out", str(out), *_sets(sets)],
+        self.proc = subprocess.Popen(DAITN + ["run", str(spec or SPEC), "--out", str(out), *_sets(sets)],
                                      stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO)
         self.run_id: str | None = None
 
@@ -121,10 +121,10 @@ class BackgroundRun:
         self._log.close()
 
 
-def run_cli(out: Path, *sets: str) -> tuple[int, str]:
+def run_cli(out: Path, *sets: str, spec: Path | None = None) -> tuple[int, str]:
     """`daitn run` to the end: (exit code, output). Stopped by Ctrl-C (so that it
     cleans up) if it outlasts the lock wait plus 5 minutes."""
-    run = BackgroundRun(out, *sets)
+    run = BackgroundRun(out, *sets, spec=spec)
     try:
         rc = run.wait(timeout=LOCK_WAIT_S + 300)
     finally:
@@ -135,8 +135,8 @@ def run_cli(out: Path, *sets: str) -> tuple[int, str]:
 
 
 @contextmanager
-def background_run(out: Path, *sets: str):
-    run = BackgroundRun(out, *sets)
+def background_run(out: Path, *sets: str, spec: Path | None = None):
+    run = BackgroundRun(out, *sets, spec=spec)
     try:
         yield run
     finally:
@@ -823,7 +823,7 @@ def malformed_corpus(n: int, seed: int = 7) -> tuple[list[bytes], collections.Co
             b, kind = bytes(b), "unknown_tlv"
         else:
             b = rng.randbytes(rng.randrange(1, 2000))
-            b, kind = (b"DA\x02" + b if rng.random() < 0.3 else b), "garbage"
+            b, kind = (b"DA" + bytes([wire.VERSION]) + b if rng.random() < 0.3 else b), "garbage"
         out.append(b or b"\0")   # never empty: an empty connection is no message
         kinds[kind] += 1
     return out, kinds

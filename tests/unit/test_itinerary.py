@@ -154,3 +154,12 @@ def test_line_from_an_end_visits_in_position_order(client):
     ans = plan_itinerary(client, know, line_distance())
     expected = ["h2", "h4", "h6", "h8"]
     assert ans.itinerary == (expected if client == "h1" else expected[::-1])
+
+
+def test_data_node_without_compute_is_skipped_with_its_reason():
+    from controllers.itinerary import plan_itinerary
+    k = {"h2": {"samples": 50, "label_hist": [25, 25], "capacity": 1.0},
+         "h3": {"samples": 50, "label_hist": [0, 50], "capacity": 0.0}}
+    ans = plan_itinerary("h1", k, lambda a, b: 1)
+    assert ans.itinerary == ["h2"]
+    assert any("h3 skipped" in r and "no compute" in r for r in ans.reasons)

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from nodes.data import (
-    dirichlet_partition,
-    iid_partition,
+    DataError,
     label_histogram,
-    load_digits_split,
+    load_dataset,
     make_shards,
+    partition_indices,
+    verification_set,
 )
 from nodes.model import (
     bytes_to_state,
@@ -24,6 +25,25 @@ from nodes.model import (
 torch.set_num_threads(1)
 
 NODES = ["d1", "d2", "d3", "d4"]
+DIRICHLET = {"partition": "dirichlet", "alpha": 0.3}
+
+
+def load_digits_split(verification_fraction=0.25, seed=0):
+    ds = load_dataset({"verification_fraction": verification_fraction}, seed)
+    return ds.train_X, ds.train_y, ds.verif_X, ds.verif_y
+
+
+def dirichlet_partition(labels, n_parts, alpha, seed, min_size=10):
+    return partition_indices(labels, n_parts, {"alpha": alpha, "min_samples_per_node": min_size}, seed)
+
+
+def iid_partition(n, n_parts, seed):
+    return partition_indices(np.zeros(n, dtype=np.int64), n_parts, {"partition": "iid"}, seed)
+
+
+def shards_and_verification(nodes, d, seed):
+    shards, ds = make_shards(nodes, d, seed)
+    return (shards, *verification_set(ds, d, seed))
 
 
 def _assert_exact_cover(parts, n):
@@ -76,22 +96,22 @@ def test_dirichlet_small_alpha_is_more_skewed_than_iid():
 
 def test_dirichlet_impossible_min_size_raises():
     labels = np.repeat(np.arange(10), 5)
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(DataError, match="needs 60 but the training pool holds 50"):
         dirichlet_partition(labels, 10, 0.3, seed=0, min_size=6)
-    with pytest.raises(ValueError, match="attempts"):
+    with pytest.raises(DataError, match="attempts"):
         # Tiny alpha puts each 5-sample class whole on one part, so four parts of >= 12 would need 60.
         dirichlet_partition(labels, 4, 0.001, seed=0, min_size=12)
 
 
 def test_make_shards_is_deterministic_and_keyed_by_node():
-    shards, vx, vy = make_shards(NODES, {"kind": "dirichlet", "alpha": 0.3}, seed=3)
-    again, vx2, _ = make_shards(NODES, {"kind": "dirichlet", "alpha": 0.3}, seed=3)
+    shards, vx, vy = shards_and_verification(NODES, DIRICHLET, seed=3)
+    again, vx2, _ = shards_and_verification(NODES, DIRICHLET, seed=3)
     assert list(shards) == NODES and all(shards[n].node == n for n in NODES)
     assert sum(len(s.y) for s in shards.values()) + len(vy) == 1797
     assert all(np.array_equal(shards[n].X, again[n].X) for n in NODES)
     assert np.array_equal(vx, vx2)
-    with pytest.raises(ValueError, match="unknown partition kind"):
-        make_shards(NODES, {"kind": "zipf"}, seed=0)
+    with pytest.raises(DataError, match="unknown partition kind"):
+        make_shards(NODES, {"partition": "zipf"}, seed=0)
 
 
 def test_state_round_trip_reproduces_predictions_and_digest():
@@ -117,7 +137,7 @@ def test_build_is_seeded_and_param_bytes_scale_with_width():
 
 
 def test_train_local_is_deterministic_and_evaluate_reports_per_class():
-    shards, vx, vy = make_shards(NODES, {"kind": "dirichlet", "alpha": 0.3}, seed=0)
+    shards, vx, vy = shards_and_verification(NODES, DIRICHLET, seed=0)
     shard = shards["d1"]
     runs = []
     for _ in range(2):
@@ -135,7 +155,7 @@ def test_train_local_is_deterministic_and_evaluate_reports_per_class():
 
 def hops_to_target(seed, target=0.85, max_laps=4):
     """Visit the data nodes in order, one local epoch per stop; return the first hop reaching target."""
-    shards, vx, vy = make_shards(NODES, {"kind": "dirichlet", "alpha": 0.3}, seed=seed)
+    shards, vx, vy = shards_and_verification(NODES, DIRICHLET, seed=seed)
     model = build_mlp(hidden=(64,), seed=seed)
     for hop in range(1, max_laps * len(NODES) + 1):
         shard = shards[NODES[(hop - 1) % len(NODES)]]
@@ -149,3 +169,25 @@ def hops_to_target(seed, target=0.85, max_laps=4):
 def test_sequential_training_over_dirichlet_shards_reaches_target(seed):
     hops = hops_to_target(seed)
     assert hops is not None, f"seed {seed}: verification accuracy stayed below 0.85 for 4 laps"
+
+
+def test_capacity_throttles_training_to_the_declared_speed():
+    """At capacity c the node idles (1/c - 1) x its compute time: total/compute ~ 1/c."""
+    import numpy as np
+    from nodes.model import build_mlp, train_local
+    rng = np.random.default_rng(0)
+    X, y = rng.random((400, 64), dtype=np.float32), rng.integers(0, 10, 400)
+    full = train_local(build_mlp(seed=0), X, y, batch_size=4, capacity=1.0)
+    assert full["throttled_seconds"] == 0
+    half = train_local(build_mlp(seed=0), X, y, batch_size=4, capacity=0.25)
+    ratio = (half["compute_seconds"] + half["throttled_seconds"]) / half["compute_seconds"]
+    assert 3.6 <= ratio <= 4.4, half
+    assert half["seconds"] >= half["compute_seconds"] + half["throttled_seconds"] * 0.95
+
+
+def test_capacity_out_of_range_is_refused():
+    import pytest
+    from nodes.model import Throttle
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="capacity"):
+            Throttle(bad)

@@ -58,6 +58,38 @@ BAD = [
     ("missing_task_field", lambda d: d["tasks"][0].pop("deadline_s"), "tasks.0.deadline_s",
      "required field is missing"),
     ("bad_loss", lambda d: d.update(links={"loss": 150}), "links.loss", "100"),
+    ("host_opts_unknown_host", lambda d: d.update(hosts={"h5": {"capacity": 0.5}}), "hosts.h5",
+     "has no roles"),
+    ("capacity_above_one", lambda d: d.update(hosts={"h2": {"capacity": 2}}), "hosts.h2.capacity",
+     "less than or equal to 1"),
+    ("trusts_non_compute", lambda d: d.update(hosts={"h2": {"compute": False, "trusts": ["h9"]}}),
+     "hosts.h2.trusts.0", "not a compute node"),
+    ("bad_privacy", lambda d: d.update(hosts={"h2": {"privacy": "secret"}}), "hosts.h2.privacy",
+     "'public', 'trusted' or 'local'"),
+    ("bad_partition", lambda d: d.update(data={"partition": "zipf"}), "data.partition", "k_labels"),
+    ("bad_dataset", lambda d: d.update(data={"dataset": "imagenet"}), "data.dataset", "cifar10"),
+    ("workload_server_not_inference",
+     lambda d: d.update(workloads=[{"client": "h1", "server": "h2", "model": 1}]),
+     "workloads.0.server", "'inference'"),
+    ("workload_unknown_model",
+     lambda d: (d["nodes"].update(h3=["inference"]),
+                d.update(workloads=[{"client": "h1", "server": "h3", "model": 7}])),
+     "workloads.0.model", "no task with id 7"),
+    ("workload_model_not_deployed",
+     lambda d: (d["nodes"].update(h3=["inference"]),
+                d.update(workloads=[{"client": "h1", "server": "h3", "model": 1}])),
+     "workloads.0.server", "deploy_to"),
+    ("deploy_to_non_inference", lambda d: d["tasks"][0].update(deploy_to=["h2"]),
+     "tasks.0.deploy_to.0", "'inference'"),
+    ("timeline_not_a_link",
+     lambda d: d.update(timeline=[{"at_s": 1, "kind": "set_link", "link": ["h1", "h9"], "bw": 5}]),
+     "timeline.0.link", "not joined"),
+    ("timeline_link_without_change",
+     lambda d: d.update(timeline=[{"at_s": 1, "kind": "set_link", "link": ["s2", "h1"]}]),
+     "timeline.0", "bw and/or loss"),
+    ("timeline_crash_unknown",
+     lambda d: d.update(timeline=[{"at_s": 1, "kind": "crash_node", "node": "h8"}]),
+     "timeline.0.node", "not a node"),
     ("duplicate_task_id", lambda d: d["tasks"].append(dict(d["tasks"][0])), "tasks.1.id",
      "duplicate task id 1"),
     ("no_tasks", lambda d: d.update(tasks=[]), "tasks", "at least one task"),
@@ -128,7 +160,7 @@ def test_topology_file_is_resolved_relative_to_spec(tmp_path):
 
 
 def test_roles_constant():
-    assert ROLES == ("client", "data", "mpvu")
+    assert ROLES == ("client", "data", "compute", "mpvu", "inference")
 
 
 # --- bad specs -------------------------------------------------------------------
@@ -161,7 +193,7 @@ def test_unknown_zoo_suggests(tmp_path):
 def test_unknown_role_lists_roles(tmp_path):
     with pytest.raises(SpecError) as ei:
         load_spec(bad_spec(tmp_path, _unknown_role))
-    assert "client, data, mpvu" in ei.value.reason
+    assert "client, data, compute, mpvu, inference" in ei.value.reason
 
 
 def test_missing_file(tmp_path):
