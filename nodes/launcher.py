@@ -49,7 +49,7 @@ def child(name: str, conf: dict) -> int:
                      key=Path(conf["key_file"]).read_bytes() if conf.get("key_file") else None,
                      host_options=conf.get("host_options", {}), knowledge=conf.get("knowledge", {}),
                      inference=conf.get("inference", {}), workloads=conf.get("workloads", []),
-                     dims=conf.get("dims"),
+                     dims=conf.get("dims"), compute_nodes=conf.get("compute_nodes", []),
                      report_interval_s=float(conf.get("knowledge", {}).get("report_interval_s", 2.0)))
     rt = NodeRuntime(cfg)
     signal.signal(signal.SIGTERM, lambda *_: rt.stopping.set())

@@ -12,6 +12,7 @@ samples never leave the data node that holds them.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import queue
@@ -75,48 +76,109 @@ class LoadMeter:
 
 
 class DataNode:
-    """Holds one non-IID shard; trains visiting models on it; forwards them on."""
+    """Trains visiting models on the data it holds and forwards them on.
+
+    A data node holds its own shard. A compute node (role ``compute``) holds the
+    shards that data nodes without compute sent it (DATA_SHARD, only where their
+    privacy level and ``trusts`` allow): the paper's rendezvous at a compute
+    facility. A data node without compute trains nothing: it sends its shard to
+    a compute node it may use, or records why its data is skipped."""
 
     def __init__(self, rt: NodeRuntime, load: LoadMeter):
         self.rt = rt
         cfg = rt.cfg
-        shards, ds = make_shards(cfg.data_nodes, cfg.data, cfg.seed)
-        self.shard = shards[cfg.name]
-        self.n_classes = ds.n_classes
-        del shards, ds  # only our own partition stays in this process
         self.opts = _options(cfg)
         self.load = load
         self.work: queue.Queue = queue.Queue()
-        hist = label_histogram(self.shard.y, self.n_classes)
+        self.lock = threading.Lock()
+        self.hosted: dict[str, int] = {}  # owner -> samples hosted for it
         eps = self.opts["noise_epsilon"] or (getattr(cfg, "knowledge", None) or {}).get("noise_epsilon")
-        # One noisy release, drawn once: re-drawing the noise for every report
-        # would let the DCC average it away (and spend epsilon again each time).
-        rng = np.random.default_rng([cfg.seed, wire.node_id(cfg.name), 7])
         self.eps = eps or 0.0
-        self.published_hist = noisy_histogram(hist, eps, rng)
-        self.computes = bool(self.opts["compute"])
+        # One noisy release per holding, drawn once: re-drawing the noise for every
+        # report would let the DCC average it away (and spend epsilon each time).
+        self.rng = np.random.default_rng([cfg.seed, wire.node_id(cfg.name), 7])
+        dims = getattr(cfg, "dims", None) or {"in_features": 64, "n_classes": 10}
+        self.n_classes = dims["n_classes"]
+        if "data" in cfg.roles:
+            shards, _ = make_shards(cfg.data_nodes, cfg.data, cfg.seed)
+            shard = shards[cfg.name]
+            del shards  # only our own partition stays in this process
+            self.X, self.y = shard.X, shard.y
+        else:
+            self.X = np.zeros((0, dims["in_features"]), dtype=np.float32)
+            self.y = np.zeros(0, dtype=np.int64)
+        self.computes = "compute" in cfg.roles or ("data" in cfg.roles and bool(self.opts["compute"]))
         self.capacity = float(self.opts["capacity"]) if self.computes else 0.0
+        self.published_hist = noisy_histogram(label_histogram(self.y, self.n_classes), eps, self.rng)
         if self.computes:
             warm_up(cfg)
-        rt.event("data_loaded", samples=len(self.shard.y), label_hist=hist, published_label_hist=self.published_hist,
-                 noise_epsilon=eps, compute=self.computes, capacity=self.capacity)
-        if not self.computes:
-            rt.event("data_unusable", reason=self._why_unusable())
+        if "data" in cfg.roles:
+            rt.event("data_loaded", samples=len(self.y), label_hist=label_histogram(self.y, self.n_classes),
+                     published_label_hist=self.published_hist, noise_epsilon=eps, compute=self.computes,
+                     capacity=self.capacity)
 
-    def _why_unusable(self) -> str:
-        p = self.opts["privacy"]
+    def rendezvous_target(self) -> tuple[str | None, str]:
+        """Where this data node (without compute) may send its raw data, and why."""
+        name, p, trusts = self.rt.name, self.opts["privacy"], list(self.opts["trusts"])
         if p == "local":
-            return (f"{self.rt.name} has no compute and privacy 'local': its raw data may not leave it, "
-                    f"so no model can train on it")
-        if p == "trusted" and not self.opts["trusts"]:
-            return (f"{self.rt.name} has no compute and trusts no compute node (hosts.{self.rt.name}.trusts "
-                    f"is empty): its data is skipped")
-        return (f"{self.rt.name} has no compute; moving its raw data to a compute node is not "
-                f"implemented yet, so its data is skipped")
+            return None, (f"{name} has no compute and privacy 'local': its raw data may not leave it, "
+                          f"so no model can train on it")
+        if p == "trusted":
+            if not trusts:
+                return None, (f"{name} has no compute and trusts no compute node "
+                              f"(hosts.{name}.trusts is empty): its data is skipped")
+            return trusts[0], f"privacy 'trusted' and {trusts[0]} is trusted (hosts.{name}.trusts)"
+        candidates = trusts or list(getattr(self.rt.cfg, "compute_nodes", None) or [])
+        if not candidates:
+            return None, f"{name} has no compute and the spec has no compute node: its data is skipped"
+        return candidates[0], f"privacy 'public': any compute node may use it; {candidates[0]} chosen"
+
+    def offload(self) -> bool:
+        """Send our shard to a compute node we may use (the rendezvous); False if none."""
+        target, why = self.rendezvous_target()
+        if target is None:
+            self.rt.event("data_unusable", reason=why)
+            return False
+        buf = io.BytesIO()
+        np.savez(buf, X=self.X, y=self.y)
+        data = buf.getvalue()
+        give_up = time.time() + 60  # the compute node may still be starting (torch warm-up)
+        while True:
+            try:
+                self.rt.send_model(wire.node_id(target), Message(MT.DATA_SHARD, task_id=0, model_id=0), data)
+                break
+            except TransferError as e:
+                if time.time() > give_up or self.rt.stopping.wait(0.5):
+                    self.rt.event("data_unusable", reason=f"sending the shard to {target} failed: {e}")
+                    return False
+        # raw training samples crossed the network: counted in summary.json
+        self.rt.event("raw_data_transfer", to=target, bytes=len(data), samples=int(len(self.y)), reason=why)
+        return True
+
+    def on_shard(self, first: Message, data: bytes, peer: str):
+        """A data node's raw shard arrives (DATA_SHARD): hold it for visiting models."""
+        if not self.computes:
+            raise wire.WireError(f"{self.rt.name} has no compute: it takes no DATA_SHARD")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            X, y = z["X"].astype(np.float32, copy=False), z["y"].astype(np.int64, copy=False)
+        if X.ndim != 2 or X.shape[1] != self.X.shape[1] or len(X) != len(y):
+            raise wire.WireError(f"DATA_SHARD of shape {X.shape}/{y.shape} does not fit "
+                                 f"{self.X.shape[1]} features")
+        owner = wire.node_name(first.src) if first.src else peer
+        with self.lock:
+            self.X, self.y = np.concatenate([self.X, X]), np.concatenate([self.y, y])
+            self.hosted[owner] = len(y)
+            self.published_hist = noisy_histogram(label_histogram(self.y, self.n_classes), self.eps or None,
+                                                  self.rng)
+        self.rt.event("data_hosted", owner=owner, samples=int(len(y)), total_samples=int(len(self.y)))
+        self.rt.report_now()  # the DRRT learns at once that data can be used here
+        return None
 
     def knowledge(self) -> dict:
-        return {"roles": Role.DATA | (Role.COMPUTE if self.computes else 0), "samples": int(len(self.shard.y)),
-                "label_hist": self.published_hist, "noise_epsilon": self.eps,
+        has_data = len(self.y) > 0 or "data" in self.rt.cfg.roles
+        return {"roles": (Role.DATA if has_data else 0) | (Role.COMPUTE if self.computes else 0),
+                "samples": int(len(self.y)), "label_hist": self.published_hist if has_data else [],
+                "noise_epsilon": self.eps if has_data else 0.0,
                 "capacity": self.capacity, "queue_len": self.work.qsize()}
 
     def on_model(self, first: Message, state: bytes, peer: str):
@@ -147,7 +209,9 @@ class DataNode:
         tr = cfg.training
         hop = first.hop_count + 1
         version = first.model_version + 1
-        stats = train_local(model, self.shard.X, self.shard.y, epochs=tr["local_epochs"],
+        with self.lock:
+            X, y = self.X, self.y
+        stats = train_local(model, X, y, epochs=tr["local_epochs"],
                             batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
                             seed=cfg.seed * 1000 + hop, capacity=self.capacity)
         self.load.add(stats["seconds"])
@@ -488,7 +552,7 @@ def run_node(rt: NodeRuntime, go_file) -> int:
     torch.set_num_threads(int(cfg.training["torch_threads"]))
     roles = {}
     load = LoadMeter()
-    if "data" in cfg.roles:
+    if "data" in cfg.roles or "compute" in cfg.roles:
         roles["data"] = DataNode(rt, load)
     if "mpvu" in cfg.roles:
         roles["mpvu"] = MPVU(rt)
@@ -502,6 +566,8 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         role = None
         if first.type == MT.MODEL_CHUNK:
             role = roles.get("data")
+        elif first.type == MT.DATA_SHARD and "data" in roles:
+            return roles["data"].on_shard(first, state, peer)
         elif first.type == MT.EVAL_REQUEST:
             role = roles.get("mpvu")
         elif first.type == MT.TASK_RESULT:  # our own task's model, or a model to host
@@ -534,8 +600,14 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         k.load = load.take()
         return k
 
-    threads = [threading.Thread(target=rt.serve, args=(on_model, on_control), daemon=True, name="serve"),
-               threading.Thread(target=rt.report_loop, args=(knowledge,), daemon=True, name="report")]
+    serve = threading.Thread(target=rt.serve, args=(on_model, on_control), daemon=True, name="serve")
+    serve.start()
+    dn = roles.get("data")
+    if dn is not None and "data" in cfg.roles and not dn.computes:
+        # the rendezvous first: our first report (which the runner waits for)
+        # follows the compute node's report of the data it now holds
+        dn.offload()
+    threads = [threading.Thread(target=rt.report_loop, args=(knowledge,), daemon=True, name="report")]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))
     if "inference" in roles:

@@ -58,6 +58,7 @@ class NodeConfig:
     inference: dict = field(default_factory=dict)      # spec inference: (batching)
     workloads: list = field(default_factory=list)      # spec workloads: (query workloads)
     dims: dict | None = None     # model input/output sizes of the data set
+    compute_nodes: list = field(default_factory=list)  # hosts with the role compute
 
 
 # ---- the transport interface -------------------------------------------------

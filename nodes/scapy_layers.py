@@ -336,6 +336,10 @@ class DAITNTaskResult(_ModelData):
     name = "DA-ITN TASK_RESULT"
 
 
+class DAITNDataShard(_ModelData):
+    name = "DA-ITN DATA_SHARD"
+
+
 class DAITNInferenceQuery(_Body):
     name = "DA-ITN INFERENCE_QUERY"
     fields_desc = [FieldLenField("n", None, count_of="features", fmt="H"),
@@ -370,9 +374,10 @@ BODY_LAYERS: dict[MsgType, type] = {
     MsgType.INFERENCE_QUERY: DAITNInferenceQuery,
     MsgType.INFERENCE_RESULT: DAITNInferenceResult,
     MsgType.ERROR: DAITNError,
+    MsgType.DATA_SHARD: DAITNDataShard,
 }
 # An empty model payload (the resume probe) is still a model layer, with data=b"".
-_EMPTY_OK = (DAITNModelChunk, DAITNEvalRequest, DAITNTaskResult)
+_EMPTY_OK = (DAITNModelChunk, DAITNEvalRequest, DAITNTaskResult, DAITNDataShard)
 
 
 # --- signing and streams ---------------------------------------------------------

@@ -27,7 +27,7 @@ from nodes import wire
 from nodes.wire import AckStatus, Message, MsgType, Tlv, WireError
 
 log = logging.getLogger("daitn.transport")
-MODEL_TYPES = (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT)
+MODEL_TYPES = (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT, MsgType.DATA_SHARD)
 CHUNK_BYTES = 256 * 1024
 
 

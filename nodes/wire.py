@@ -98,6 +98,7 @@ class MsgType(enum.IntEnum):
     INFERENCE_QUERY = 10
     INFERENCE_RESULT = 11
     ERROR = 12
+    DATA_SHARD = 13              # raw training samples to a trusted compute node (spec must allow)
 
 
 class Tlv(enum.IntEnum):
@@ -290,6 +291,7 @@ BODY_TYPES: dict[MsgType, type] = {
     MsgType.INFERENCE_QUERY: InferenceQuery,
     MsgType.INFERENCE_RESULT: InferenceResult,
     MsgType.ERROR: Error,
+    MsgType.DATA_SHARD: bytes,
 }
 
 
@@ -950,7 +952,7 @@ _BODY_ENC: dict[int, Callable[[Any], bytes]] = {
     MsgType.MODEL_CHUNK: _enc_raw, MsgType.ACK: _enc_ack, MsgType.EVAL_REQUEST: _enc_raw,
     MsgType.EVAL_VERDICT: _enc_ev, MsgType.TASK_RESULT: _enc_raw,
     MsgType.INFERENCE_QUERY: _enc_iq, MsgType.INFERENCE_RESULT: _enc_ires,
-    MsgType.ERROR: _enc_err,
+    MsgType.ERROR: _enc_err, MsgType.DATA_SHARD: _enc_raw,
 }
 _BODY_DEC = tuple({
     MsgType.KNOWLEDGE_REPORT: _dec_kr, MsgType.TRAIN_REQUEST: _dec_tr,
@@ -958,7 +960,7 @@ _BODY_DEC = tuple({
     MsgType.MODEL_CHUNK: _dec_raw, MsgType.ACK: _dec_ack, MsgType.EVAL_REQUEST: _dec_raw,
     MsgType.EVAL_VERDICT: _dec_ev, MsgType.TASK_RESULT: _dec_raw,
     MsgType.INFERENCE_QUERY: _dec_iq, MsgType.INFERENCE_RESULT: _dec_ires,
-    MsgType.ERROR: _dec_err,
+    MsgType.ERROR: _dec_err, MsgType.DATA_SHARD: _dec_raw,
 }.get(i) for i in range(256))
 _BODY_CLS = tuple(BODY_TYPES.get(i) for i in range(256))
 

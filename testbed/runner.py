@@ -176,6 +176,7 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int],
         "host_options": {h: o.model_dump() for h, o in spec.hosts.items()},
         "knowledge": spec.knowledge.model_dump(), "inference": spec.inference.model_dump(),
         "workloads": [w.model_dump() for w in spec.workloads], "dims": dims,
+        "compute_nodes": spec.hosts_with("compute"),
     }
 
 

@@ -170,7 +170,7 @@ def summarize(path: str | Path) -> dict:
             for table, k in ((by_type, name), (by_task, str(d.msg.task_id)), (by_link, d.link)):
                 table[k]["messages"] += 1
                 table[k]["bytes"] += d.size
-            if d.msg.type in (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT):
+            if d.msg.type in (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT, MsgType.DATA_SHARD):
                 chunk = d.msg.tlvs.get(Tlv.CHUNK)
                 journeys[(d.msg.task_id, d.msg.model_version, name)].append(
                     {"t": d.t, "link": d.link, "from": _node(d.msg.src, d.src),

@@ -72,6 +72,7 @@ BODIES = {
     MsgType.INFERENCE_QUERY: st.builds(W.InferenceQuery, st.lists(f32, max_size=300)),
     MsgType.INFERENCE_RESULT: st.builds(W.InferenceResult, u8, f32, f32),
     MsgType.ERROR: st.builds(W.Error, u16, st.text(max_size=200)),
+    MsgType.DATA_SHARD: model_bytes,
 }
 assert set(BODIES) == set(MsgType)
 
@@ -172,7 +173,7 @@ def tlv_value(layer):
 
 def body_value(m: MsgType, p):
     b = p[BODY_LAYERS[m]]
-    if m in (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT):
+    if m in (MsgType.MODEL_CHUNK, MsgType.EVAL_REQUEST, MsgType.TASK_RESULT, MsgType.DATA_SHARD):
         return b.data
     if m is MsgType.KNOWLEDGE_REPORT:
         return W.KnowledgeReport(int(b.roles), b.samples, b.verification_samples, b.label_hist,

@@ -44,7 +44,7 @@ def sample(mtype: MsgType) -> Message:
         return Message(mtype, **hdr, flags=REPLY, tlvs={
             Tlv.ITINERARY: Itinerary(0, 0, 3, [4, 7, 2, 9]), Tlv.TRANSPORT: 46,
             Tlv.PARTIES: Parties(1, 5)}, body=ItineraryBody("mtrce-greedy"))
-    if mtype in (M.MODEL_CHUNK, M.EVAL_REQUEST, M.TASK_RESULT):
+    if mtype in (M.MODEL_CHUNK, M.EVAL_REQUEST, M.TASK_RESULT, M.DATA_SHARD):
         tlvs = {Tlv.MODEL_DIGEST: DIGEST, Tlv.CHUNK: Chunk(262144, 1_000_000)}
         if mtype is M.MODEL_CHUNK:
             tlvs.update({Tlv.TARGET_ACCURACY: 0.9, Tlv.DEADLINE: 2**63,
@@ -107,7 +107,7 @@ def test_enum_values_are_the_wire_contract():
     assert {m.name: m.value for m in MsgType} == {
         "KNOWLEDGE_REPORT": 1, "TRAIN_REQUEST": 2, "FEASIBILITY": 3, "ITINERARY": 4,
         "MODEL_CHUNK": 5, "ACK": 6, "EVAL_REQUEST": 7, "EVAL_VERDICT": 8, "TASK_RESULT": 9,
-        "INFERENCE_QUERY": 10, "INFERENCE_RESULT": 11, "ERROR": 12}
+        "INFERENCE_QUERY": 10, "INFERENCE_RESULT": 11, "ERROR": 12, "DATA_SHARD": 13}
     assert {t.name: t.value for t in Tlv} == {
         "PAD": 0, "TARGET_ACCURACY": 1, "DEADLINE": 2, "MAX_LATENCY": 3, "MIN_ACCURACY": 4,
         "PRIVACY_LEVEL": 5, "REQUIRED_LABELS": 6, "MAX_HOPS": 7, "BYTE_BUDGET": 8,
@@ -316,7 +316,7 @@ GOOD = encode(sample(MsgType.TRAIN_REQUEST))
     (with_header(GOOD, version=1), "unsupported version 1"),
     (with_header(GOOD, version=2), "unsupported version 2, this node speaks 3"),
     (with_header(GOOD, type=0), "unknown message type 0"),
-    (with_header(GOOD, type=13), "unknown message type 13"),
+    (with_header(GOOD, type=14), "unknown message type 14"),
     (with_header(GOOD, type=255), "unknown message type 255"),
     (with_header(GOOD, hdr_len=8), "hdr_len 8 words is below the minimum 9"),
     (with_header(GOOD, hdr_len=0), "hdr_len 0 words"),

@@ -28,7 +28,7 @@ local msg_types = {
     [1] = "KNOWLEDGE_REPORT", [2] = "TRAIN_REQUEST", [3] = "FEASIBILITY",
     [4] = "ITINERARY", [5] = "MODEL_CHUNK", [6] = "ACK", [7] = "EVAL_REQUEST",
     [8] = "EVAL_VERDICT", [9] = "TASK_RESULT", [10] = "INFERENCE_QUERY",
-    [11] = "INFERENCE_RESULT", [12] = "ERROR",
+    [11] = "INFERENCE_RESULT", [12] = "ERROR", [13] = "DATA_SHARD",
 }
 
 local tlv_types = {
@@ -571,6 +571,7 @@ payload_decoders[5] = function(r, pt, info)
 end
 payload_decoders[7] = model_payload
 payload_decoders[9] = model_payload
+payload_decoders[13] = model_payload  -- DATA_SHARD: raw samples, chunked like a model
 
 payload_decoders[6] = function(r, pt, info)   -- ACK
     if not need(r, 9, "ACK", pt) then return end
