@@ -299,6 +299,19 @@ class MPVU:
         return verdict
 
 
+def arrival_gaps(kind: str, n: int, rate: float, burst: int, rng: np.random.Generator) -> np.ndarray:
+    """Seconds to wait before each of n queries, for a mean rate (queries/s):
+    ``poisson`` exponential gaps; ``constant`` 1/rate; ``bursty`` ``burst``
+    queries back to back, bursts burst/rate apart (the same mean rate)."""
+    if kind == "constant":
+        return np.full(n, 1.0 / rate)
+    if kind == "bursty":
+        return np.array([(burst / rate if i % burst == 0 else 0.0) for i in range(n)])
+    if kind == "poisson":
+        return rng.exponential(1.0 / rate, n)
+    raise ValueError(f"unknown arrival process {kind!r}; expected poisson, constant or bursty")
+
+
 class Client:
     """Submits training tasks to the DCC, waits for the trained model, deploys it
     to the task's inference servers, then runs its query workloads."""
@@ -346,13 +359,7 @@ class Client:
         rt = self.rt
         rng = np.random.default_rng([rt.cfg.seed, index, 11])
         n, rate = int(w["queries"]), float(w["rate_qps"])
-        if w["arrivals"] == "constant":
-            gaps = np.full(n, 1.0 / rate)
-        elif w["arrivals"] == "bursty":  # bursts back to back, the same mean rate
-            b = int(w["burst_size"])
-            gaps = np.array([(b / rate if i % b == 0 else 0.0) for i in range(n)])
-        else:
-            gaps = rng.exponential(1.0 / rate, n)
+        gaps = arrival_gaps(w["arrivals"], n, rate, int(w.get("burst_size", 1)), rng)
         pick = rng.integers(0, len(queries_y), n)
         tlvs = {}
         if w.get("max_latency_ms"):
@@ -486,7 +493,13 @@ class InferenceServer:
         self.load = load
         self.service_ms = 0.0   # EWMA of query service time (queueing + batch compute)
         self.served = 0
+        self.batch_sizes: list[int] = []
         warm_up(rt.cfg)
+
+    def summary(self) -> dict:
+        b = self.batch_sizes
+        return {"served": self.served, "batches": len(b), "max_batch": max(b, default=0),
+                "mean_batch": (sum(b) / len(b)) if b else None, "service_ms": self.service_ms}
 
     def knowledge(self) -> dict:
         return {"roles": Role.INFERENCE, "models": sorted(self.models), "queue_len": self.queue.qsize(),
@@ -529,6 +542,7 @@ class InferenceServer:
                 except queue.Empty:
                     break
             t0 = time.time()
+            self.batch_sizes.append(len(batch))
             for mid in {it["m"].model_id for it in batch}:
                 group = [it for it in batch if it["m"].model_id == mid]
                 X = torch.tensor([it["m"].body.features for it in group], dtype=torch.float32)
@@ -645,6 +659,8 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         return 0
     rt.stopping.wait()
     rt.event("node_stopping", reason="stopped by the launcher")  # its reports end here: not a failure
+    if "inference" in roles:
+        rt.event("inference_summary", **roles["inference"].summary())
     # Stopping (SIGTERM from the launcher once the clients are done): let a visit
     # in progress finish its send - its peer may still owe us an ACK that TCP is
     # retransmitting - and our own replies go out, so no transfer goes unrecorded.

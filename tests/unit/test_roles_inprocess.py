@@ -162,3 +162,69 @@ def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
     assert {p.dscp for p in net.trace if p.type == "MODEL_CHUNK"} == {8}
     assert all(rt.ep.dropped == {} for rt in rts) and net.dcc_ep.dropped == {}
     assert all(rt.reports_sent >= 1 for rt in rts)
+
+
+INF_NODES = {"h1": ["client"], "h2": ["data"], "h3": ["data"], "h4": ["mpvu"], "h5": ["inference"]}
+
+
+def test_model_deployed_to_an_inference_server_answers_a_workload(tmp_path, torch_threads):
+    """Task -> final model deployed to h5 (TASK_RESULT) -> 48 queries at 400/s in
+    bursts of 8: all answered, batched (max_wait 30 ms), accuracy as the model's."""
+    from testbed.spec import InferenceSpec, WorkloadSpec
+    dcc = FakeDCC()
+    net = MemoryNetwork(dcc, key=KEY)
+    go = tmp_path / ".go"
+    task = TaskSpec(id=1, client="h1", target_accuracy=0.5, deadline_s=25, max_laps=3, deploy_to=["h5"])
+    wl = WorkloadSpec(client="h1", server="h5", model=1, queries=48, rate_qps=400, arrivals="bursty",
+                      burst_size=8)
+    common = dict(run_dir=tmp_path, seed=1, hosts={n: f"10.0.0.{n[1:]}" for n in INF_NODES},
+                  data=DataSpec().model_dump(), model=ModelSpec(hidden=[32]).model_dump(),
+                  training=TrainingSpec().model_dump(), tasks=[task.model_dump()],
+                  mpvu="h4", data_nodes=["h2", "h3"], key=KEY, report_interval_s=0.5,
+                  inference=InferenceSpec(max_batch=8, max_wait_ms=30).model_dump(),
+                  workloads=[wl.model_dump()])
+    cfgs = [NodeConfig(name=n, ip=common["hosts"][n], roles=r, **common) for n, r in INF_NODES.items()]
+    rts = [NodeRuntime(cfg, net.transport(cfg.name)) for cfg in cfgs]
+    threads = {rt.name: threading.Thread(target=run_node, args=(rt, go), daemon=True, name=rt.name)
+               for rt in rts}
+    try:
+        for t in threads.values():
+            t.start()
+        wait_for(lambda: {"h2", "h3", "h4", "h5"} <= set(dcc.knowledge), 20, "knowledge reports")
+        go.touch()
+        threads["h1"].join(40)
+        assert not threads["h1"].is_alive(), "the client did not finish within 40 s"
+    finally:
+        for rt in rts:
+            rt.stopping.set()
+        for t in threads.values():
+            t.join(10)
+        for rt in rts:
+            rt.close()
+    assert net.errors == []
+    events = read_events(tmp_path)
+    hosted, = [e for e in events if e["kind"] == "model_hosted"]
+    deployed, = [e for e in events if e["kind"] == "model_deployed"]
+    assert hosted["src"] == "h5" and deployed["to"] == "h5"
+    result = json.loads((tmp_path / "results" / "task-1.json").read_text())
+    assert hosted["sha256"] == result["sha256"]
+    w, = [e for e in events if e["kind"] == "workload_result"]
+    assert w["sent"] == 48 and w["answered"] == 48 and w["failed"] == 0, w
+    assert w["accuracy"] >= 0.4, w  # queries come from the held-out split
+    s, = [e for e in events if e["kind"] == "inference_summary"]
+    assert s["served"] == 48 and s["max_batch"] > 1 and s["batches"] < 48, s
+    # the QRRT's inputs: the server advertised its model, queue and service time
+    assert dcc.knowledge["h5"]["roles"] == ["inference"]
+
+
+def test_arrival_processes():
+    import numpy as np
+    from nodes.roles import arrival_gaps
+    rng = np.random.default_rng(0)
+    assert np.allclose(arrival_gaps("constant", 5, 10, 1, rng), 0.1)
+    b = arrival_gaps("bursty", 12, 10, 4, rng)
+    assert list(b[:4]) == [0.4, 0, 0, 0] and b.sum() == pytest.approx(1.2)
+    p = arrival_gaps("poisson", 20000, 50, 1, rng)
+    assert p.mean() == pytest.approx(0.02, rel=0.05) and p.std() == pytest.approx(0.02, rel=0.05)
+    with pytest.raises(ValueError, match="unknown arrival"):
+        arrival_gaps("zipf", 3, 1, 1, rng)
