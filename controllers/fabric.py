@@ -15,6 +15,11 @@ from nodes.wire import DCC_IP, DCC_UDP_PORT
 
 PRIO_DISCOVERY = 0xFFFF
 PRIO_DCC_SERVICE = 200
+# an AI task's hop (controllers.aiflows) overrides the default path for its
+# (src, dst, DSCP) only: above forwarding, which it must beat; below the punts,
+# which it cannot overlap (they match LLDP, ARP and the DCC address) but which
+# must stay first should a future hop flow ever be written too wide
+PRIO_AI_HOP = 150
 PRIO_FORWARDING = 100
 
 ETH_ARP = 0x0806
@@ -83,22 +88,33 @@ class Fabric:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class FlowSpec:
-    """One flow entry: match fields use OpenFlow 1.3 OXM names (os_ken OFPMatch kwargs)."""
+    """One flow entry: match fields use OpenFlow 1.3 OXM names (os_ken OFPMatch kwargs).
+
+    ``meter``: the OpenFlow meter the flow's packets pass first (a meter
+    instruction before the actions), None for none.
+    """
 
     dpid: int
     priority: int
     cookie: int
     match: tuple  # sorted (field, value) pairs, hashable
     actions: tuple  # ("output", port) or ("output", CONTROLLER)
+    meter: int | None = None
 
     def match_dict(self) -> dict:
         return dict(self.match)
 
+    def __repr__(self) -> str:
+        # unchanged for flows without a meter: the app orders flow-mods by str(spec)
+        s = (f"FlowSpec(dpid={self.dpid!r}, priority={self.priority!r}, cookie={self.cookie!r}, "
+             f"match={self.match!r}, actions={self.actions!r}")
+        return s + (f", meter={self.meter!r})" if self.meter is not None else ")")
 
-def _flow(dpid, priority, cookie, match: dict, actions) -> FlowSpec:
-    return FlowSpec(dpid, priority, cookie, tuple(sorted(match.items())), tuple(actions))
+
+def _flow(dpid, priority, cookie, match: dict, actions, meter: int | None = None) -> FlowSpec:
+    return FlowSpec(dpid, priority, cookie, tuple(sorted(match.items())), tuple(actions), meter)
 
 
 def compare_links(fabric: Fabric, discovered: set[tuple[int, int, int, int]]) -> dict:
@@ -181,7 +197,13 @@ def _hnum(host: str) -> int:
 
 
 def lookup(flows: list[FlowSpec], dpid: int, pkt: dict) -> FlowSpec | None:
-    """Fake flow table: highest-priority flow on ``dpid`` whose match ``pkt`` satisfies."""
+    """Fake flow table: highest-priority flow on ``dpid`` whose match ``pkt`` satisfies.
+
+    ``pkt`` uses the match field names (``ipv4_src``, ``ipv4_dst``, ``ip_dscp``...);
+    an IPv4 packet without ``ip_dscp`` is best effort (DSCP 0), as on the wire.
+    """
+    if pkt.get("eth_type") == ETH_IPV4 and "ip_dscp" not in pkt:
+        pkt = {**pkt, "ip_dscp": 0}
     best = None
     for f in flows:
         if f.dpid != dpid:

@@ -340,3 +340,35 @@ def test_switch_graph_ports():
     g = fab.switch_graph({(1, 3, 2, 5), (2, 5, 1, 3)})
     assert list(g.edges) == [(1, 2)]
     assert g.edges[1, 2]["ports"] == {1: 3, 2: 5}
+
+
+# --- matching on source and DSCP (AI task hops, controllers/aiflows.py) ---------------
+
+def test_lookup_matches_ipv4_src_and_dscp():
+    base = fab._flow(1, fab.PRIO_FORWARDING, 0, {"eth_type": 0x0800, "ipv4_dst": "10.0.0.3"}, [("output", 1)])
+    hop = fab._flow(1, fab.PRIO_AI_HOP, cookies.task_hop_cookie(2, 1),
+                    {"eth_type": 0x0800, "ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.3", "ip_dscp": 9},
+                    [("output", 2)], meter=4)
+    flows = [base, hop]
+    p = {"eth_type": 0x0800, "ipv4_src": "10.0.0.1", "ipv4_dst": "10.0.0.3"}
+    assert fab.lookup(flows, 1, {**p, "ip_dscp": 9}) is hop
+    assert fab.lookup(flows, 1, {**p, "ip_dscp": 10}) is base
+    assert fab.lookup(flows, 1, p) is base                                  # no DSCP: best effort
+    assert fab.lookup(flows, 1, {**p, "ipv4_src": "10.0.0.2", "ip_dscp": 9}) is base
+    # an IPv4 packet without ip_dscp is DSCP 0, as on the wire; other packets get no default
+    zero = fab._flow(1, 300, 0, {"eth_type": 0x0800, "ip_dscp": 0}, [("output", 3)])
+    assert fab.lookup([zero], 1, {"eth_type": 0x0800}) is zero
+    assert fab.lookup([fab._flow(1, 300, 0, {"ip_dscp": 0}, [("output", 3)])], 1, {"eth_type": 0x0806}) is None
+
+
+def test_ai_task_hop_cookie_is_ours_and_old_codes_unchanged():
+    c = cookies.task_hop_cookie(5, 2)
+    assert cookies.function_of(c) == "ai-task-hop" and cookies.task_hop_of(c) == (5, 2)
+    assert [cookies.function_of(cookies.make(f)) for f in (1, 2, 3)] == ["discovery", "forwarding",
+                                                                          "dcc-service"]
+    assert cookies.task_hop_of(cookies.make(cookies.FORWARDING, 3)) is None
+
+
+def test_existing_flows_have_no_meter():
+    f, links = build("ring:n=5")
+    assert all(fl.meter is None and "meter" not in str(fl) for fl in all_flows(f, links))
