@@ -19,7 +19,6 @@ import json
 import os
 import time
 
-import networkx as nx
 from os_ken.base import app_manager
 from os_ken.controller import event, ofp_event
 from os_ken.controller.handler import CONFIG_DISPATCHER, MAIN_DISPATCHER, DEAD_DISPATCHER, set_ev_cls
@@ -29,7 +28,9 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
-from controllers.itinerary import plan_itinerary
+from controllers import cookies
+from controllers.mtrce import TrainingRequest, get_policy
+from controllers.tasks import TaskTracker
 from controllers.maps import LinkInfo, MapsError, NetworkMaps
 from controllers.northbound import NorthboundAPI
 from nodes import wire
@@ -66,6 +67,7 @@ class DCCApp(app_manager.OSKenApp):
         self.datapaths: dict[int, object] = {}
         self.discovered: set[tuple[int, int, int, int]] = set()
         self.installed: set[fab.FlowSpec] = set()
+        self.meters: set = set()  # aiflows.MeterSpec installed
         self.flow_mods_added = 0
         self.flow_mods_deleted = 0
         self.converged_at: float | None = None
@@ -90,6 +92,13 @@ class DCCApp(app_manager.OSKenApp):
         self.last_stats = 0.0
         self.last_probe = 0.0
         self._published: dict = {}
+        self.policy_name = self.fabric.extra.get("policy", "greedy")
+        self.tracker = TaskTracker(self.fabric, get_policy(self.policy_name),
+                                   reserve_mbps=self.fabric.extra.get("reserve_mbps"))
+        self.hop_answers: dict[tuple, Message] = {}   # (task, hop_count, version) -> answer (idempotent)
+        self.finished_tasks: set[int] = set()
+        self.barriers: dict[int, dict] = {}           # xid -> pending hop flow installation
+        self.hop_install_ms: list[dict] = []
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -139,6 +148,8 @@ class DCCApp(app_manager.OSKenApp):
             "dropped": dict(self.ep.dropped),  # refused control messages, by reason
             "maps": self.maps.snapshot(time.time()) if hasattr(self, "maps") else {},
             "api_port": self.api.port if getattr(self, "api", None) else None,
+            "tasks": self._tasks_view() if hasattr(self, "tracker") else {},
+            "hop_flow_install_ms": [h["ms"] for h in getattr(self, "hop_install_ms", [])],
         }
         self._published = state
         tmp = self.state_path + ".tmp"
@@ -164,13 +175,45 @@ class DCCApp(app_manager.OSKenApp):
                 port = ofp.OFPP_CONTROLLER if arg == fab.CONTROLLER else arg
                 actions.append(parser.OFPActionOutput(port, ofp.OFPCML_NO_BUFFER))
             inst = [parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, actions)]
+            if getattr(spec, "meter", None):  # the hop's reserved bandwidth (meter first)
+                inst.insert(0, parser.OFPInstructionMeter(spec.meter, ofp.OFPIT_METER))
             mod = parser.OFPFlowMod(datapath=dp, cookie=spec.cookie, priority=spec.priority,
                                     match=match, instructions=inst)
         dp.send_msg(mod)
         return True
 
+    def _send_meter(self, m, delete: bool = False) -> bool:
+        dp = self.datapaths.get(m.dpid)
+        if dp is None:
+            return False
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        bands = [] if delete else [parser.OFPMeterBandDrop(rate=m.rate_kbps, burst_size=m.burst_kb)]
+        dp.send_msg(parser.OFPMeterMod(datapath=dp, command=ofp.OFPMC_DELETE if delete else ofp.OFPMC_ADD,
+                                       flags=ofp.OFPMF_KBPS | (0 if delete else ofp.OFPMF_BURST),
+                                       meter_id=m.meter_id, bands=bands))
+        return True
+
+    def _apply_meters(self, wanted: set) -> None:
+        for m in sorted(self.meters - wanted, key=str):  # after their flows are gone (see _apply)
+            self._send_meter(m, delete=True)
+            self.meters.discard(m)
+        for m in sorted(wanted - self.meters, key=str):
+            if self._send_meter(m):
+                self.meters.add(m)
+
     def _apply(self, wanted: set[fab.FlowSpec]):
-        """Move the installed flows to ``wanted`` with the fewest flow-mods."""
+        """Move the installed flows to ``wanted`` with the fewest flow-mods (meters
+        a new flow uses are added before it, unused ones removed after)."""
+        meters = self.tracker.wanted_meters() if hasattr(self, "tracker") else set()
+        for m in sorted(meters - self.meters, key=str):
+            if self._send_meter(m):
+                self.meters.add(m)
+        try:
+            return self._apply_flows(wanted)
+        finally:
+            self._apply_meters(meters)
+
+    def _apply_flows(self, wanted: set[fab.FlowSpec]):
         for spec in sorted(self.installed - wanted, key=str):
             if self._send_flow(spec, delete=True):
                 self.flow_mods_deleted += 1
@@ -190,6 +233,7 @@ class DCCApp(app_manager.OSKenApp):
         if self.converged_at is not None:
             wanted.update(f for f in fab.forwarding_flows(self.fabric, self.discovered)
                           if f.dpid in self.datapaths)
+            wanted.update(f for f in self.tracker.wanted_flows() if f.dpid in self.datapaths)
         return wanted
 
     def _reconcile(self, cause: str):
@@ -221,6 +265,7 @@ class DCCApp(app_manager.OSKenApp):
             del self.datapaths[dp.id]
             self.ports.pop(dp.id, None)
             self.installed = {f for f in self.installed if f.dpid != dp.id}
+            self.meters = {m for m in self.meters if m.dpid != dp.id}
             self._event("switch_disconnected", dpid=dp.id, switch=self.fabric.name_of(dp.id))
             self._drop_links(lambda k: dp.id in (k[0], k[2]), "switch_disconnected")
 
@@ -279,8 +324,7 @@ class DCCApp(app_manager.OSKenApp):
     @set_ev_cls(_ProbeTick)
     def _on_probe_tick(self, ev):
         now = time.time()
-        for e in self.maps.tick(now):
-            self._event(e.pop("kind"), **e)
+        self._maps_events(self.maps.tick(now))
         if now - self.last_probe < self.probe_interval * 0.95:
             if now - self.last_stats >= self.stats_interval:
                 self._request_stats(now)
@@ -332,8 +376,7 @@ class DCCApp(app_manager.OSKenApp):
                 self.logger.warning("refused link change %s: %s", ev.args, e)
                 self._event("api_refused", request=ev.args, reason=str(e))
                 return
-            for e in changes:
-                self._event(e.pop("kind", "link_capacity"), **e)
+            self._maps_events(changes)
             self._write_state()
 
     def _lldp_in(self, msg):
@@ -346,9 +389,8 @@ class DCCApp(app_manager.OSKenApp):
         self.link_seen[key] = now
         if key not in self.discovered:
             self.discovered.add(key)
-            for e in self.maps.link_state(self.fabric.name_of(src_dpid), self.fabric.name_of(msg.datapath.id),
-                                          True, now, "lldp"):
-                self._event(e.pop("kind"), **e)
+            self._maps_events(self.maps.link_state(self.fabric.name_of(src_dpid),
+                                                   self.fabric.name_of(msg.datapath.id), True, now, "lldp"))
             self._reconcile("link_discovered")
         sent = self.probe_sent.get((src_dpid, src_port))
         rtts = [self.echo_rtt.get(src_dpid), self.echo_rtt.get(msg.datapath.id)]
@@ -366,9 +408,8 @@ class DCCApp(app_manager.OSKenApp):
             self._event("link_down", link=list(k), cause=cause)
             if (k[2], k[3], k[0], k[1]) not in self.discovered:  # both directions gone
                 try:
-                    for e in self.maps.link_state(self.fabric.name_of(k[0]), self.fabric.name_of(k[2]),
-                                                  False, time.time(), cause):
-                        self._event(e.pop("kind"), **e)
+                    self._maps_events(self.maps.link_state(self.fabric.name_of(k[0]),
+                                                           self.fabric.name_of(k[2]), False, time.time(), cause))
                 except MapsError as e:
                     self.logger.warning("link %s: %s", k, e)
         if gone:
@@ -452,8 +493,7 @@ class DCCApp(app_manager.OSKenApp):
                                            label_hist=list(kr.label_hist),
                                            verification_samples=kr.verification_samples,
                                            noise_epsilon=eps or None, **extra)
-            for e in events:
-                self._event(e.pop("kind"), **e)
+            self._maps_events(events)
             if first:
                 self._event("knowledge_report", node=node, samples=kr.samples,
                             label_hist=list(kr.label_hist), roles=roles, **extra)
@@ -476,46 +516,151 @@ class DCCApp(app_manager.OSKenApp):
                 if m is not None:
                     m.dst, m.seq = msg.src, msg.seq
             return [m for m in (feas, plan) if m is not None]
+        if msg.type == MsgType.ITINERARY and not msg.flags & wire.REPLY:
+            return [self._hop(msg, node)]
+        if msg.type == MsgType.TASK_RESULT:  # the client has its model: the task's flows go
+            if msg.task_id not in self.finished_tasks:
+                self.finished_tasks.add(msg.task_id)
+                for e in self.tracker.finished(msg.task_id, time.time()):
+                    self._event(e.pop("kind"), **e)
+                self._reconcile("task_finished")
+            return []
         return [Message(MsgType.ERROR, task_id=msg.task_id, dst=msg.src,
                         body=wire.Error(2, f"the DCC does not take {MsgType(msg.type).name} messages"))]
 
-    def _plan(self, msg: Message, client: str) -> tuple[Message, Message | None]:
-        """Feasibility + itinerary for a training request (idempotent per task)."""
-        now = time.time()
-        # only nodes whose reports are current: one that went silent is down
-        alive = {n for role in ("data", "mpvu") for n in self.maps.alive_nodes(role, now)}
-        data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k["roles"] and n in alive}
-        mpvus = sorted(n for n, k in self.knowledge.items() if "mpvu" in k["roles"] and n in alive)
-        answer = plan_itinerary(client, data_nodes, self._host_distance,
-                                msg.tlvs.get(Tlv.REQUIRED_LABELS))
-        reasons = list(answer.reasons)
-        feasible = answer.feasible and bool(mpvus)
-        if not mpvus:
-            reasons.append("no MPVU has reported: nobody can verify the model")
-        dscp = task_dscp(msg.task_id)
-        self._event("itinerary", task=msg.task_id, client=client, feasible=feasible,
-                    itinerary=answer.itinerary, reasons=reasons, policy=answer.policy,
-                    labels_covered=answer.labels_covered, mpvu=mpvus[0] if mpvus else None, dscp=dscp)
-        feas = Message(MsgType.FEASIBILITY, task_id=msg.task_id, model_id=msg.model_id,
-                       body=wire.Feasibility(feasible, 0.0, 0, reasons))
-        if not feasible:
-            return feas, None
-        plan = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
-                       tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, 1, [wire.node_id(n) for n in answer.itinerary]),
-                             Tlv.TRANSPORT: dscp,
-                             Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(mpvus[0]))},
-                       body=wire.ItineraryBody(answer.policy))
-        return feas, plan
+    def _snapshot(self, now: float) -> dict:
+        return self.maps.snapshot(now)
 
-    def _host_distance(self, a: str, b: str) -> int | None:
-        ha, hb = self.fabric.hosts.get(a), self.fabric.hosts.get(b)
-        if ha is None or hb is None:
-            return None
-        g = fab.switch_graph(self.discovered)
-        sa, sb = self.fabric.switches[ha.switch], self.fabric.switches[hb.switch]
-        if sa == sb:
-            return 0
-        try:
-            return nx.shortest_path_length(g, sa, sb)
-        except (nx.NetworkXNoPath, nx.NodeNotFound):
-            return None
+    def _plan(self, msg: Message, client: str) -> tuple[Message, Message | None]:
+        """T-FAM + MTRCE for a training request (idempotent per task); installs
+        the first hop's flows before the answer goes out."""
+        now = time.time()
+        ask = msg.tlvs.get(Tlv.ITINERARY)
+        deadline = msg.tlvs.get(Tlv.DEADLINE)
+        req = TrainingRequest(
+            task_id=msg.task_id, client=client, model_bytes=int(msg.body.model_bytes),
+            target_accuracy=float(msg.tlvs.get(Tlv.TARGET_ACCURACY, 1.0)),
+            deadline_s=(deadline / 1000 - now) if deadline else 3600.0,
+            required_labels=tuple(msg.tlvs[Tlv.REQUIRED_LABELS]) if msg.tlvs.get(Tlv.REQUIRED_LABELS) else None,
+            byte_budget=msg.tlvs.get(Tlv.BYTE_BUDGET),
+            max_laps=(ask.max_laps if ask is not None and ask.max_laps else 10))
+        dscp = task_dscp(msg.task_id)
+        a, task, events = self.tracker.submit(req, dscp, self._snapshot(now), now, req.max_laps)
+        for e in events:
+            kind = e.pop("kind")
+            self._event(kind, client=client, dscp=dscp, **e)
+        plan = a.plan
+        # the walking skeleton's "itinerary" event, kept for the summary and older tools
+        self._event("itinerary", task=msg.task_id, client=client, feasible=a.feasible,
+                    itinerary=plan.itinerary() if plan else [], reasons=a.reasons,
+                    policy=self.policy_name, labels_covered=plan.labels_covered if plan else [],
+                    mpvu=plan.mpvu if plan else None, dscp=dscp, est_seconds=a.est_seconds,
+                    est_bytes=a.est_bytes, expected_accuracy=a.expected_accuracy)
+        feas = Message(MsgType.FEASIBILITY, task_id=msg.task_id, model_id=msg.model_id,
+                       body=wire.Feasibility(a.feasible, float(a.est_seconds or 0.0), int(a.est_bytes or 0),
+                                             [r[:200] for r in a.reasons[:20]]))
+        if task is None:
+            return feas, None
+        self._install_hop(task.task_id, task.hop, "first hop")
+        plan_msg = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
+                           tlvs={Tlv.ITINERARY: self._itinerary_tlv(task), Tlv.TRANSPORT: dscp,
+                                 Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(task.mpvu))},
+                           body=wire.ItineraryBody(self.policy_name))
+        return feas, plan_msg
+
+    @staticmethod
+    def _itinerary_tlv(task) -> wire.Itinerary:
+        return wire.Itinerary(max(task.ptr, 0), task.lap, task.max_laps, [wire.node_id(n) for n in task.segments])
+
+    def _hop(self, msg: Message, node: str) -> Message:
+        """A model's holder asks where to go next (idempotent per (task, hop, version))."""
+        key = (msg.task_id, msg.hop_count, msg.model_version)
+        if key not in self.hop_answers:
+            now = time.time()
+            end = msg.tlvs.get(Tlv.END_REASON)
+            try:
+                ans, events = self.tracker.hop_request(msg.task_id, node,
+                                                       None if end is None else wire.EndReason(end).name.lower(),
+                                                       self._snapshot(now), now)
+            except KeyError as e:
+                return Message(MsgType.ERROR, task_id=msg.task_id, body=wire.Error(3, str(e)[:200]))
+            for e in events:
+                self._event(e.pop("kind"), **e)
+            task = self.tracker.tasks[msg.task_id]
+            self._install_hop(msg.task_id, task.hop, "hop request")
+            tlvs = {Tlv.ITINERARY: self._itinerary_tlv(task), Tlv.TRANSPORT: task.dscp}
+            if ans["end"] is not None:
+                tlvs[Tlv.END_REASON] = {"target_reached": wire.EndReason.TARGET_REACHED,
+                                        "deadline": wire.EndReason.DEADLINE,
+                                        "max_laps": wire.EndReason.MAX_LAPS,
+                                        "infeasible": wire.EndReason.INFEASIBLE}.get(ans["end"], wire.EndReason.ERROR)
+            self.hop_answers[key] = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
+                                            model_version=msg.model_version, hop_count=msg.hop_count,
+                                            tlvs=tlvs, body=wire.ItineraryBody(self.policy_name))
+        a = self.hop_answers[key]
+        a.dst, a.seq = msg.src, msg.seq
+        return a
+
+    def _install_hop(self, task_id: int, hop: int, why: str):
+        """Apply the flows now wanted and time their installation with a barrier."""
+        t0 = time.time()
+        before = set(self.installed)
+        self._apply(self._wanted_flows())
+        touched = {f.dpid for f in self.installed ^ before}
+        pending = {"task": task_id, "hop": hop, "t0": t0, "dpids": set(touched), "why": why}
+        for dpid in touched:
+            dp = self.datapaths.get(dpid)
+            if dp is None:
+                continue
+            req = dp.ofproto_parser.OFPBarrierRequest(dp)
+            dp.set_xid(req)
+            self.barriers[req.xid] = pending
+            dp.send_msg(req)
+        self._write_state()
+
+    @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
+    def _barrier(self, ev):
+        pending = self.barriers.pop(ev.msg.xid, None)
+        if pending is None:
+            return
+        pending["dpids"].discard(ev.msg.datapath.id)
+        if not pending["dpids"]:  # every switch of the hop has applied its flow-mods
+            ms = (time.time() - pending["t0"]) * 1000
+            self.hop_install_ms.append({"task": pending["task"], "hop": pending["hop"], "ms": ms})
+            self._event("hop_flows_installed", task=pending["task"], hop=pending["hop"], ms=round(ms, 3),
+                        why=pending["why"])
+
+    REPLAN_ON = {"link_down": "link down", "link_up": "link up", "capacity_changed": "bandwidth change",
+                 "node_down": "node failure", "node_joined": "node joined", "node_up": "node back"}
+
+    def _maps_events(self, events: list[dict]):
+        """Log the maps' events; a change of the network re-plans the active tasks."""
+        causes = []
+        for e in events:
+            kind = e.pop("kind")
+            self._event(kind, **e)
+            if kind in self.REPLAN_ON:
+                what = e.get("node") or "-".join(str(x) for x in (e.get("a"), e.get("b")) if x)
+                causes.append(f"{self.REPLAN_ON[kind]} ({what})")
+        if causes:
+            self._replan("; ".join(causes))
+
+    def _replan(self, cause: str):
+        if not self.tracker.tasks:
+            return
+        now = time.time()
+        events = self.tracker.replan(cause, self._snapshot(now), now)
+        for e in events:
+            self._event(e.pop("kind"), **e)
+        if events:  # answers already given stand (a retransmitted request gets the same)
+            self._install_hop(-1, -1, f"re-plan: {cause}")
+
+    def _tasks_view(self) -> dict:
+        out = {}
+        for tid, t in list(self.tracker.tasks.items()) + list(self.tracker.done.items()):
+            out[str(tid)] = {"client": t.client, "mpvu": t.mpvu, "dscp": t.dscp, "segments": t.segments,
+                             "ptr": t.ptr, "lap": t.lap, "holder": t.holder, "heading": t.heading,
+                             "hop": t.hop, "replans": t.replans, "ended": t.ended,
+                             "active": tid in self.tracker.tasks, "paths": t.paths,
+                             "flows": len(t.flows)}
+        return out

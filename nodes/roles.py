@@ -242,22 +242,58 @@ class DataNode:
             end = EndReason.TARGET_REACHED
         elif time.time() >= deadline:
             end = EndReason.DEADLINE
-        else:
-            ptr, lap = itin.ptr + 1, itin.lap
-            if ptr >= len(itin.segments):
-                ptr, lap = 0, lap + 1
-            if lap >= itin.max_laps:
-                end = EndReason.MAX_LAPS
-            else:
-                nxt = itin.segments[ptr]
-                nitin = wire.Itinerary(ptr, lap, itin.max_laps, list(itin.segments))
-                names = [wire.node_name(n) for n in itin.segments]
-                rt.event("forward", task=first.task_id, to=wire.node_name(nxt), ptr=ptr, lap=lap,
-                         reason=f"next segment {ptr} of {names} (lap {lap})")
-                rt.send_model(nxt, msg(MT.MODEL_CHUNK, {Tlv.ITINERARY: nitin, Tlv.ACCURACY: acc}), state)
-                return
-        rt.event("task_end", task=first.task_id, reason=end.name.lower(), accuracy=acc, hop=hop)
+        # Where next: the DCC decides (it may have re-planned, and it installs
+        # this hop's flows before answering). Without an answer the carried
+        # itinerary is followed, and that is recorded.
+        route = self.ask_dcc(first, itin, end, version, digest, acc)
+        if route is None:
+            route = self.carried_route(itin, end)
+            rt.event("dcc_no_answer", task=first.task_id, hop=hop,
+                     text="the DCC did not answer the hop request; following the carried itinerary")
+        nitin, end, why = route
+        if end is None:
+            nxt = nitin.segments[nitin.ptr]
+            rt.event("forward", task=first.task_id, to=wire.node_name(nxt), ptr=nitin.ptr, lap=nitin.lap,
+                     reason=why)
+            rt.send_model(nxt, msg(MT.MODEL_CHUNK, {Tlv.ITINERARY: nitin, Tlv.ACCURACY: acc}), state)
+            return
+        rt.event("task_end", task=first.task_id, reason=end.name.lower(), accuracy=acc, hop=hop, by=why)
         rt.send_model(parties.client, msg(MT.TASK_RESULT, {Tlv.END_REASON: end, Tlv.ACCURACY: acc}), state)
+
+    def ask_dcc(self, first: Message, itin, end, version: int, digest: str, acc: float):
+        """Hop request (ITINERARY to the DCC): returns (itinerary, end reason or None, why) or None."""
+        tlvs = {Tlv.ITINERARY: itin, Tlv.MODEL_DIGEST: bytes.fromhex(digest), Tlv.ACCURACY: acc}
+        if end is not None:
+            tlvs[Tlv.END_REASON] = end
+        req = Message(MT.ITINERARY, task_id=first.task_id, model_id=first.model_id, model_version=version,
+                      hop_count=first.hop_count + 1, tlvs=tlvs, body=wire.ItineraryBody(""))
+        try:
+            ans = self.rt.dcc_request(req, lambda a: MT.ITINERARY in a, timeout=1.0, tries=5)
+        except TransferError as e:
+            log.warning("hop request: %s", e)
+            return None
+        a = ans[MT.ITINERARY]
+        nitin = a.tlvs.get(Tlv.ITINERARY)
+        if nitin is None:
+            return None
+        got_end = a.tlvs.get(Tlv.END_REASON)
+        names = [wire.node_name(n) for n in nitin.segments]
+        if got_end is not None:
+            return nitin, EndReason(got_end), f"dcc: end ({EndReason(got_end).name.lower()})"
+        return nitin, None, f"dcc ({a.body.policy}): stop {nitin.ptr} of {names} (lap {nitin.lap})"
+
+    @staticmethod
+    def carried_route(itin, end):
+        if end is not None:
+            return itin, end, "node"
+        ptr, lap = itin.ptr + 1, itin.lap
+        if ptr >= len(itin.segments):
+            ptr, lap = 0, lap + 1
+        if lap >= itin.max_laps:
+            return itin, EndReason.MAX_LAPS, "node"
+        names = [wire.node_name(n) for n in itin.segments]
+        return (wire.Itinerary(ptr, lap, itin.max_laps, list(itin.segments)), None,
+                f"carried itinerary: segment {ptr} of {names} (lap {lap})")
 
 
 class MPVU:
@@ -426,9 +462,13 @@ class Client:
         tlvs = {Tlv.TARGET_ACCURACY: task["target_accuracy"], Tlv.DEADLINE: deadline_ms}
         if task.get("required_labels"):
             tlvs[Tlv.REQUIRED_LABELS] = task["required_labels"]
+        if task.get("byte_budget"):
+            tlvs[Tlv.BYTE_BUDGET] = int(task["byte_budget"])
+        # an empty itinerary in the request carries the lap limit the client accepts
+        ask = {**tlvs, Tlv.ITINERARY: wire.Itinerary(0, 0, task["max_laps"], [])}
         rt.event("task_submitted", task=tid, model_bytes=len(state), target_accuracy=task["target_accuracy"],
                  deadline_s=task["deadline_s"], required_labels=task.get("required_labels"))
-        req = Message(MT.TRAIN_REQUEST, task_id=tid, model_id=tid, tlvs=tlvs,
+        req = Message(MT.TRAIN_REQUEST, task_id=tid, model_id=tid, tlvs=ask,
                       body=wire.TrainRequest(len(state)))
 
         def answered(a):
@@ -442,17 +482,19 @@ class Client:
         feas = ans[MT.FEASIBILITY].body
         plan = ans.get(MT.ITINERARY)
         names = [wire.node_name(n) for n in plan.tlvs[Tlv.ITINERARY].segments] if plan else []
-        rt.event("itinerary_received", task=tid, itinerary=names, feasible=feas.feasible, reasons=feas.reasons)
+        rt.event("itinerary_received", task=tid, itinerary=names, feasible=feas.feasible, reasons=feas.reasons,
+                 est_seconds=feas.est_seconds, est_bytes=feas.est_bytes)
         if not feas.feasible or not names:
             return self._finish(tid, t0, "infeasible: " + "; ".join(feas.reasons), None, None)
-        itin = plan.tlvs[Tlv.ITINERARY]
-        itin = wire.Itinerary(0, 0, task["max_laps"], list(itin.segments))
+        got = plan.tlvs[Tlv.ITINERARY]
+        itin = wire.Itinerary(got.ptr, 0, min(got.max_laps or task["max_laps"], task["max_laps"]),
+                              list(got.segments))
         first = Message(MT.MODEL_CHUNK, task_id=tid, model_id=tid, model_version=0, hop_count=0,
                         tlvs={**tlvs, Tlv.ITINERARY: itin, Tlv.PARTIES: plan.tlvs[Tlv.PARTIES],
                               Tlv.TRANSPORT: plan.tlvs.get(Tlv.TRANSPORT, 0)})
-        rt.event("forward", task=tid, to=names[0], ptr=0, lap=0, reason="first segment")
+        rt.event("forward", task=tid, to=names[itin.ptr], ptr=itin.ptr, lap=0, reason="first stop of the DCC's plan")
         try:
-            rt.send_model(itin.segments[0], first, state)
+            rt.send_model(itin.segments[itin.ptr], first, state)
         except TransferError as e:
             return self._finish(tid, t0, f"transfer_failed: {e}", None, None)
         grace = 60.0  # a hop in flight at the deadline still reports back
@@ -463,6 +505,13 @@ class Client:
         if res is None:
             return self._finish(tid, t0, "no result before deadline + grace", None, None)
         end = EndReason(res.tlvs[Tlv.END_REASON]).name.lower()
+        try:  # the DCC removes the task's flows (UDP, best effort: they are not needed any more)
+            rt.dcc_send(Message(MT.TASK_RESULT, task_id=tid, model_id=res.model_id,
+                                model_version=res.model_version, hop_count=res.hop_count,
+                                tlvs={Tlv.END_REASON: res.tlvs[Tlv.END_REASON],
+                                      Tlv.MODEL_DIGEST: res.tlvs[Tlv.MODEL_DIGEST]}, body=b""))
+        except (OSError, wire.WireError) as e:
+            log.warning("task result notice to the DCC failed: %s", e)
         return self._finish(tid, t0, end, res.tlvs.get(Tlv.ACCURACY), res)
 
     def _finish(self, tid: int, t0: float, end: str, accuracy, res: Message | None):

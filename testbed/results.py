@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 from controllers import cookies
+from controllers.tasks import estimate_vs_actual
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -130,6 +131,11 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
             # raw_data_transfer should a mode ever allow it (centralised baseline).
             "raw_data_bytes_sent": sum(e.get("bytes", 0) for e in tev if e["kind"] == "raw_data_transfer"),
             "seconds": result.get("seconds"),
+            # T-FAM's estimate (at planning time) next to what happened
+            "estimate": estimate_vs_actual(
+                next((e for e in events if e["kind"] == "feasibility" and e.get("task") == t.id), None),
+                result.get("seconds"), sum(e["bytes"] for e in transfers) if transfers else None, final),
+            "replans": sum(1 for e in events if e["kind"] == "replan" and e.get("task") == t.id),
         })
     flow_count = 0
     ours = 0

@@ -150,9 +150,16 @@ class TaskSpec(_Strict):
     required_labels: list[int] | None = None
     deploy_to: list[str] = Field(default_factory=list, description="inference hosts that get the "
                                                                     "final model")
+    byte_budget: int | None = Field(None, gt=0, description="bytes the model's travels may put on "
+                                                            "the wire (T-FAM refuses plans above it)")
 
 
 class ControllerSpec(_Strict):
+    policy: Literal["greedy", "search", "naive"] = Field(
+        "greedy", description="MTRCE policy: greedy coverage-per-cost, search (exact on small "
+                              "graphs), naive (random order, shortest paths: a baseline)")
+    reserve_mbps: float | None = Field(None, gt=0, description="bandwidth each hop reserves with "
+                                                               "OpenFlow meters (None: no meters)")
     lldp_interval_s: float = Field(1.0, gt=0)
     converge_timeout_s: float = Field(60, gt=0)
 

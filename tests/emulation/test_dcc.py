@@ -1,0 +1,143 @@
+"""DCC intelligence on a real network (root): T-FAM + MTRCE plans, per-hop flows
+for AI traffic that take the DCC's path (not the default shortest path), and
+re-planning when a link fails mid-task.
+
+The triangle: h1 (client) on s1, h2 (MPVU) on s2, h3 and h4 (data) on s3. The
+direct link s1-s3 is slow (2 Mbit/s) and the two-hop way s1-s2-s3 fast
+(100 Mbit/s): default forwarding (fewest hops) sends h1<->h3 over s1-s3, the
+DCC's per-hop flows send the task's traffic (its DSCP) over s1-s2-s3. Captures
+on both of s1's switch links show where the model went.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from testbed.network import plan_ports
+from testbed.results import read_jsonl
+from testbed.spec import load_spec
+from tests.emulation.test_ai_traffic import run_cli
+
+pytestmark = [pytest.mark.emulation,
+              pytest.mark.skipif(os.geteuid() != 0, reason="emulation tier needs root")]
+
+TOPO = {"name": "slow-triangle", "switches": ["s1", "s2", "s3"], "hosts": ["h1", "h2", "h3", "h4"],
+        "links": [{"a": "s1", "b": "s2", "bw": 100}, {"a": "s2", "b": "s3", "bw": 100},
+                  {"a": "s1", "b": "s3", "bw": 2}, {"a": "h1", "b": "s1", "bw": 100},
+                  {"a": "h2", "b": "s2", "bw": 100}, {"a": "h3", "b": "s3", "bw": 100},
+                  {"a": "h4", "b": "s3", "bw": 100}]}
+
+
+def _spec(tmp: Path, max_laps: int = 4, **extra) -> Path:
+    (tmp / "topo.yaml").write_text(yaml.safe_dump(TOPO))
+    spec = {"name": "dcc-path", "seed": 1, "topology": {"file": str(tmp / "topo.yaml")},
+            "nodes": {"h1": ["client"], "h2": ["mpvu"], "h3": ["data"], "h4": ["data"]},
+            "data": {"partition": "iid"},
+            "tasks": [{"id": 1, "client": "h1", "target_accuracy": 0.8, "deadline_s": 120,
+                       "max_laps": max_laps}],
+            "knowledge": {"report_interval_s": 0.5}, **extra}
+    (tmp / "spec.yaml").write_text(yaml.safe_dump(spec))
+    return tmp / "spec.yaml"
+
+
+def _s1_intf_towards(topo, peer: str) -> str:
+    for a, ap, b, bp in plan_ports(topo):
+        if {a, b} == {"s1", peer}:
+            return f"s1-eth{ap if a == 's1' else bp}"
+    raise AssertionError(f"no s1-{peer} link")
+
+
+def _model_bytes_in(pcap: Path, dscp: int) -> int:
+    """TCP payload bytes with the task's DSCP to/from port 7000 in a capture."""
+    from scapy.layers.inet import IP, TCP
+    from scapy.utils import PcapReader
+    n = 0
+    with PcapReader(str(pcap)) as rd:
+        for p in rd:
+            if IP in p and TCP in p and (p[IP].tos >> 2) == dscp and 7000 in (p[TCP].sport, p[TCP].dport):
+                n += len(p[TCP].payload)
+    return n
+
+
+@pytest.fixture(scope="module")
+def path_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dcc-path")
+    spec_path = _spec(tmp)
+    _, topo = load_spec(spec_path)
+    fast, slow = _s1_intf_towards(topo, "s2"), _s1_intf_towards(topo, "s3")
+    out = tmp / "run"
+    rc, text = run_cli(out, f"capture=[{fast},{slow},h1-eth0]", spec=spec_path)
+    assert rc == 0, text[-3000:]
+    return out, fast, slow
+
+
+def test_plan_and_feasibility_are_recorded(path_run):
+    out, _, _ = path_run
+    events = read_jsonl(out / "events.jsonl")
+    feas = next(e for e in events if e["kind"] == "feasibility")
+    assert feas["feasible"] and feas["est_seconds"] > 0 and feas["est_bytes"] > 0
+    plan = next(e for e in events if e["kind"] == "plan")
+    assert plan["policy"] == "greedy" and set(plan["stops"][0]) >= {"node", "hop"}
+    hops = [e for e in events if e["kind"] == "hop" and e["src"] == "dcc"]
+    assert hops, "the DCC answered no hop request"
+    assert all(e["path"] for e in hops)
+    task = json.loads((out / "summary.json").read_text())["tasks"][0]
+    assert task["reached"], task
+    est = task["estimate"]
+    assert est["est_seconds"] > 0 and est["actual_seconds"] > 0 and est["actual_bytes"] > 0
+    installs = [e["ms"] for e in events if e["kind"] == "hop_flows_installed"]
+    assert installs and len(installs) >= len(hops) - 1
+    print(f"T-FAM: est {est['est_seconds']:.2f} s / {est['est_bytes']} B vs actual "
+          f"{est['actual_seconds']:.2f} s / {est['actual_bytes']} B; hop flows installed in "
+          f"median {sorted(installs)[len(installs) // 2]:.1f} ms")
+
+
+def test_model_crosses_the_dccs_path_not_the_shortest(path_run):
+    out, fast, slow = path_run
+    events = read_jsonl(out / "events.jsonl")
+    dscp = next(e for e in events if e["kind"] == "itinerary")["dscp"]
+    # the DCC's hop h1 -> h3 goes via s2 (fast), default forwarding would take s1-s3
+    first = next(e for e in events if e["kind"] == "hop" and e["src"] == "dcc")
+    assert first["path"][0] == "h1" and "s2" in first["path"], first
+    pcaps = {p.name.split("~")[0]: p for p in (out / "pcaps").glob("*.pcap")}
+    on_fast, on_slow = _model_bytes_in(pcaps[fast], dscp), _model_bytes_in(pcaps[slow], dscp)
+    model = next(e for e in events if e["kind"] == "task_submitted")["model_bytes"]
+    print(f"task bytes on {fast} (DCC path): {on_fast}; on {slow} (shortest path): {on_slow}")
+    assert on_fast >= model, "the model did not cross the DCC's path"
+    assert on_slow == 0, "task traffic took the shortest path instead of the DCC's"
+    # the task's flows are gone at the end; their cookies named task and hop
+    flows = "".join(p.read_text() for p in (out / "flows").glob("*.txt"))
+    assert "cookie=0x4" not in flows.replace("cookie=0x04", "cookie=0x4")
+
+
+def test_replan_after_link_failure_mid_task(tmp_path):
+    """s2-s3 goes down while the model travels: the DCC re-plans (new paths over
+    s1-s3), moves the task's flows, and the task still reaches its target."""
+    # slow trainers (a tenth of a core) keep the task going for ~10 s; LLDP every 0.3 s
+    # notices the dead link ~1 s after it fails
+    spec_path = _spec(tmp_path, max_laps=6, timeline=[{"at_s": 1.0, "kind": "set_link", "link": ["s2", "s3"],
+                                           "loss": 100}],
+                      hosts={"h3": {"capacity": 0.1}, "h4": {"capacity": 0.1}},
+                      controller={"lldp_interval_s": 0.3})
+    out = tmp_path / "run"
+    rc, text = run_cli(out, spec=spec_path)
+    assert rc == 0, text[-3000:]
+    events = read_jsonl(out / "events.jsonl")
+    down = [e for e in events if e["kind"] == "link_down" and e["src"] == "dcc"]
+    assert down, "the DCC never saw s2-s3 go down"
+    moved = [e for e in events if e["kind"] in ("replan", "flows_moved")]
+    assert moved, "no re-plan after the link failure"
+    assert any("link down" in e.get("cause", "") for e in moved)
+    later = [e for e in events if e["kind"] == "hop" and e["src"] == "dcc" and e["t"] > down[0]["t"]]
+    for e in later:
+        p = e["path"] or []
+        assert not any({p[i], p[i + 1]} == {"s2", "s3"} for i in range(len(p) - 1)), e
+    task = json.loads((out / "summary.json").read_text())["tasks"][0]
+    assert task["reached"], task
+    # the link failed while the task ran, not after
+    end = next(e for e in events if e["kind"] == "task_result")
+    assert down[0]["t"] < end["t"]
