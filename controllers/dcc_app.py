@@ -29,6 +29,7 @@ from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
 from controllers import cookies
+from controllers.lineage import Lineage
 from controllers.mtrce import TrainingRequest, get_policy
 from controllers.tasks import TaskTracker
 from controllers.maps import LinkInfo, MapsError, NetworkMaps
@@ -99,6 +100,10 @@ class DCCApp(app_manager.OSKenApp):
         self.finished_tasks: set[int] = set()
         self.barriers: dict[int, dict] = {}           # xid -> pending hop flow installation
         self.hop_install_ms: list[dict] = []
+        self.lineage = Lineage()          # OAM: every model version the DCC has heard of
+        self.last_sha: dict[int, str] = {}  # task -> hash of its latest version
+        self.plans: dict[int, dict] = {}  # task -> T-FAM assessment (with the plan)
+        self.epochs = int(self.fabric.extra.get("local_epochs", 1))
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -107,6 +112,12 @@ class DCCApp(app_manager.OSKenApp):
             token = open(api["token_file"]).read().strip()
             self.api = NorthboundAPI("127.0.0.1", int(api["port"]), token,
                                      {"maps": lambda: self._published.get("maps", {}),
+                                      "drrt": lambda: self._published.get("maps", {}).get("drrt", {}),
+                                      "qrrt": lambda: self._published.get("maps", {}).get("qrrt", {}),
+                                      "tasks": lambda: self._published.get("tasks", {}),
+                                      "plans": lambda: self._published.get("plans", {}),
+                                      "models": lambda: self._published.get("models", {}),
+                                      "flows": lambda: self._published.get("flows", {}),
                                       "state": lambda: self._published},
                                      lambda kind, args: self.send_event(self.name, _ApiCommand(kind, args)))
             self.api.start()
@@ -149,6 +160,9 @@ class DCCApp(app_manager.OSKenApp):
             "maps": self.maps.snapshot(time.time()) if hasattr(self, "maps") else {},
             "api_port": self.api.port if getattr(self, "api", None) else None,
             "tasks": self._tasks_view() if hasattr(self, "tracker") else {},
+            "plans": {str(k): v for k, v in getattr(self, "plans", {}).items()},
+            "models": self._models_view() if hasattr(self, "lineage") else {},
+            "flows": self._flows_view(),
             "hop_flow_install_ms": [h["ms"] for h in getattr(self, "hop_install_ms", [])],
         }
         self._published = state
@@ -507,6 +521,10 @@ class DCCApp(app_manager.OSKenApp):
                                   "accuracy": v.accuracy, "loss": v.loss, "samples": v.samples,
                                   "sha256": digest.hex() if digest else None, "t": time.time()})
             self._event("verdict_recorded", **self.verdicts[-1])
+            if digest is not None:
+                self._lineage(self.lineage.add_verdict(msg.task_id, msg.model_version, digest.hex(), node,
+                                                       v.accuracy, v.loss, v.samples, time.time(),
+                                                       per_class=list(v.per_class)))
             return []
         if msg.type == MsgType.TRAIN_REQUEST:
             if msg.task_id not in self.answers:
@@ -545,7 +563,13 @@ class DCCApp(app_manager.OSKenApp):
             byte_budget=msg.tlvs.get(Tlv.BYTE_BUDGET),
             max_laps=(ask.max_laps if ask is not None and ask.max_laps else 10))
         dscp = task_dscp(msg.task_id)
+        digest = msg.tlvs.get(Tlv.MODEL_DIGEST)
+        if digest is not None:  # the initial model (version 0) opens the task's lineage
+            self._lineage(self.lineage.add_version(task=msg.task_id, model_id=msg.model_id, version=0,
+                                                   sha256=digest.hex(), parent_sha256=None, t=now))
+            self.last_sha[msg.task_id] = digest.hex()
         a, task, events = self.tracker.submit(req, dscp, self._snapshot(now), now, req.max_laps)
+        self.plans[msg.task_id] = a.to_dict()
         for e in events:
             kind = e.pop("kind")
             self._event(kind, client=client, dscp=dscp, **e)
@@ -577,6 +601,7 @@ class DCCApp(app_manager.OSKenApp):
         key = (msg.task_id, msg.hop_count, msg.model_version)
         if key not in self.hop_answers:
             now = time.time()
+            self._record_version(msg, node, now)
             end = msg.tlvs.get(Tlv.END_REASON)
             try:
                 ans, events = self.tracker.hop_request(msg.task_id, node,
@@ -600,6 +625,50 @@ class DCCApp(app_manager.OSKenApp):
         a = self.hop_answers[key]
         a.dst, a.seq = msg.src, msg.seq
         return a
+
+    def _record_version(self, msg: Message, node: str, now: float):
+        """A hop request names the version its holder trained: into the lineage."""
+        digest = msg.tlvs.get(Tlv.MODEL_DIGEST)
+        if digest is None:
+            return
+        k = self.knowledge.get(node, {})
+        try:
+            self._lineage(self.lineage.add_version(
+                task=msg.task_id, model_id=msg.model_id, version=msg.model_version, sha256=digest.hex(),
+                parent_sha256=self.last_sha.get(msg.task_id), trained_at=node, epochs=self.epochs,
+                samples=k.get("samples"), label_hist=k.get("label_hist"), t=now))
+            self.last_sha[msg.task_id] = digest.hex()
+        except (ValueError, TypeError) as e:
+            self._event("lineage_refused", task=msg.task_id, version=msg.model_version, reason=str(e))
+
+    def _lineage(self, events: list[dict]):
+        for e in events:
+            kind = e.pop("kind")
+            if kind == "verdict_unknown_model":
+                # the MPVU's verdict comes before the holder's hop request names the
+                # version: it waits in the lineage and is attached then
+                kind = "verdict_pending"
+            self._event(kind, **e)
+
+    def _models_view(self) -> dict:
+        out = self.lineage.to_dict()
+        out["problems"] = self.lineage.problems()
+        return out
+
+    def _flows_view(self) -> dict:
+        by_fn: dict[str, list] = {}
+        for f in sorted(getattr(self, "installed", ()), key=str):
+            fn = cookies.function_of(f.cookie) or "other"
+            entry = {"dpid": f.dpid, "priority": f.priority, "match": dict(f.match),
+                     "actions": [list(a) for a in f.actions], "cookie": hex(f.cookie)}
+            th = cookies.task_hop_of(f.cookie)
+            if th:
+                entry["task"], entry["hop"] = th
+            if getattr(f, "meter", None):
+                entry["meter"] = f.meter
+            by_fn.setdefault(fn, []).append(entry)
+        return {"count": sum(map(len, by_fn.values())), "by_function": by_fn,
+                "meters": len(getattr(self, "meters", ()))}
 
     def _install_hop(self, task_id: int, hop: int, why: str):
         """Apply the flows now wanted and time their installation with a barrier."""

@@ -464,8 +464,10 @@ class Client:
             tlvs[Tlv.REQUIRED_LABELS] = task["required_labels"]
         if task.get("byte_budget"):
             tlvs[Tlv.BYTE_BUDGET] = int(task["byte_budget"])
-        # an empty itinerary in the request carries the lap limit the client accepts
-        ask = {**tlvs, Tlv.ITINERARY: wire.Itinerary(0, 0, task["max_laps"], [])}
+        # an empty itinerary in the request carries the lap limit the client accepts;
+        # the initial model's hash opens the task's lineage at the DCC
+        ask = {**tlvs, Tlv.ITINERARY: wire.Itinerary(0, 0, task["max_laps"], []),
+               Tlv.MODEL_DIGEST: bytes.fromhex(state_digest(state))}
         rt.event("task_submitted", task=tid, model_bytes=len(state), target_accuracy=task["target_accuracy"],
                  deadline_s=task["deadline_s"], required_labels=task.get("required_labels"))
         req = Message(MT.TRAIN_REQUEST, task_id=tid, model_id=tid, tlvs=ask,

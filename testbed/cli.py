@@ -137,6 +137,49 @@ def cmd_maps(a) -> int:
     return 0
 
 
+def cmd_status(a) -> int:
+    """Tasks, plans, model versions and AI flows of a run: live from its DCC, else from its files."""
+    from testbed.api import ApiClient, ApiError
+
+    run_dir = Path(a.run_dir)
+    if not run_dir.is_dir():
+        print(f"daitn status: {run_dir} is not a run directory", file=sys.stderr)
+        return 2
+    try:
+        api = ApiClient.for_run(run_dir)
+        view = {k: api.get(k) for k in ("tasks", "plans", "models", "flows")}
+        source = "live from the DCC"
+    except ApiError as live_err:
+        try:
+            st = json.loads((run_dir / "dcc-state.json").read_text())
+        except (OSError, ValueError) as e:
+            print(f"daitn status: no live DCC ({live_err}) and no readable dcc-state.json ({e})", file=sys.stderr)
+            return 2
+        view = {k: st.get(k, {}) for k in ("tasks", "plans", "models", "flows")}
+        source = "dcc-state.json (run ended)"
+    if a.json:
+        print(json.dumps(view, indent=1, sort_keys=True))
+        return 0
+    print(f"status of {run_dir} ({source})")
+    for tid, t in sorted(view["tasks"].items(), key=lambda kv: int(kv[0])):
+        plan = view["plans"].get(tid, {})
+        state = "active" if t.get("active") else f"ended: {t.get('ended')}"
+        print(f"  task {tid}: {state}; hop {t.get('hop')} lap {t.get('lap')} at {t.get('holder')} -> "
+              f"{t.get('heading')}; stops {' -> '.join(t.get('segments', []))}; re-plans {t.get('replans')}")
+        if plan:
+            print(f"    T-FAM: {'feasible' if plan.get('feasible') else 'infeasible'}, est "
+                  f"{plan.get('est_seconds', 0):.2f} s, {plan.get('est_bytes')} B, expected accuracy "
+                  f"{plan.get('expected_accuracy', 0):.3f}")
+    models = view["models"]
+    print(f"  model versions: {len(models.get('versions', []))}; lineage problems: "
+          f"{models.get('problems') or 'none'}")
+    flows = view["flows"]
+    print(f"  flows installed by the DCC: {flows.get('count', 0)} "
+          f"({', '.join(f'{k} {len(v)}' for k, v in sorted(flows.get('by_function', {}).items()))}); "
+          f"meters {flows.get('meters', 0)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="daitn", description="DA-ITN testbed: model-follow-data on an SDN fabric")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -169,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true")
     m.add_argument("--png", help="also draw them to this PNG file")
     m.set_defaults(fn=cmd_maps)
+    st = sub.add_parser("status", help="tasks, plans, model lineage and AI flows of a run (live while it runs)")
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(fn=cmd_status)
     cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
     cl.add_argument("--run", help="only leftovers of this run id")
     cl.set_defaults(fn=cmd_clean)

@@ -144,6 +144,12 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
             flow_count += 1
             ours += cookies.function_of(f["cookie"]) is not None
     net = dict(net_info, flows_in_dumps=flow_count, flows_in_dumps_with_dcc_cookie=ours)
+    # OAM: every model version with its parent, where it was trained and its verdicts
+    from controllers.lineage import Lineage
+    lineage = Lineage.from_events(events, epochs=spec.training.local_epochs)
+    lin = lineage.to_dict()
+    lin["problems"] = lineage.problems()
+    (run_dir / "lineage.json").write_text(json.dumps(lin, indent=1))
     raw = [e for e in events if e["kind"] == "raw_data_transfer"]
     stopped = {}
     for e in events:
@@ -153,6 +159,7 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
                # raw training samples that crossed the network (only where the spec lets a
                # data node without compute use a trusted compute node); 0 otherwise
                "raw_data_bytes_sent": sum(e.get("bytes", 0) for e in raw),
+               "model_versions": len(lin["versions"]), "lineage_problems": lin["problems"],
                "raw_data_transfers": [{k: e.get(k) for k in ("src", "to", "bytes", "samples", "reason")}
                                       for e in raw],
                # nodes the DCC marked down before they stopped on purpose (at the end

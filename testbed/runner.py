@@ -190,6 +190,7 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
     return {"roles": spec.nodes, "hosts": {h: o.model_dump() for h, o in spec.hosts.items()},
             "links": links, "knowledge": spec.knowledge.model_dump(),
             "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps,
+            "local_epochs": spec.training.local_epochs,
             "api": {"port": free_port(), "token_file": str(token_path)}}
 
 

@@ -46,6 +46,13 @@ def _maps_now(out: Path) -> dict | None:
         return None
 
 
+def _tasks_now(out: Path) -> dict:
+    try:
+        return ApiClient.for_run(out).get("tasks")
+    except ApiError:
+        return {}
+
+
 def _link(snap: dict, a: str, b: str) -> dict | None:
     for ln in snap.get("drrt", {}).get("resources", {}).get("links", []):
         if {ln["a"], ln["b"]} == {a, b}:
@@ -59,7 +66,7 @@ def terminal_run(tmp_path_factory):
     sample is timed by the DCC (the snapshot's ``t``). Once, mid-run, the CLI
     `daitn maps RUN` reads the live maps too."""
     out = tmp_path_factory.mktemp("terminal") / "run"
-    samples, cli = [], None
+    samples, cli, status = [], None, None
     with background_run(out, spec=TERMINAL) as run:
         run.wait_started()
         while run.alive():
@@ -69,12 +76,17 @@ def terminal_run(tmp_path_factory):
                 if cli is None and "h1" in snap.get("nodes", {}):
                     cli = subprocess.run(DAITN + ["maps", str(out)], capture_output=True, text=True,
                                          cwd=REPO, timeout=60)
+                if status is None and _tasks_now(out):
+                    status = subprocess.run(DAITN + ["status", str(out)], capture_output=True, text=True,
+                                            cwd=REPO, timeout=60)
             time.sleep(0.05)
         rc = run.wait()
         text = run.text()
     assert rc == 0, text[-3000:]
     assert cli is not None and cli.returncode == 0, cli
     assert "live from the DCC" in cli.stdout and "s1-s3" in cli.stdout, cli.stdout
+    assert status is not None and status.returncode == 0, status
+    assert "live from the DCC" in status.stdout and "task 1:" in status.stdout, status.stdout
     return out, samples, text
 
 
