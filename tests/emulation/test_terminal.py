@@ -162,7 +162,7 @@ def test_terminal_roles_do_their_work(terminal_run):
     plan = next(e for e in events if e["kind"] == "itinerary")
     assert "h6" in plan["itinerary"] and not {"h3", "h4", "h7"} & set(plan["itinerary"])
     for h in ("h3", "h4"):
-        assert any(r.startswith(f"{h} skipped") and "no compute" in r for r in plan["reasons"]), plan
+        assert any(r.startswith(h) and "no compute" in r for r in plan["reasons"]), plan
     # the MPVU's verification set follows data.verification.samples, per-class verdicts reach the DCC
     vs = next(e for e in events if e["kind"] == "verification_set")
     assert vs["samples"] == 300
