@@ -5,9 +5,11 @@ is forwarding towards host h3). Pure constants, no os_ken import.
 
 Bit layout (64 bits, bit 63 first)::
 
-    63..56  function  DISCOVERY 0x01, FORWARDING 0x02, DCC_SERVICE 0x03, AI_TASK_HOP 0x04
+    63..56  function  DISCOVERY 0x01, FORWARDING 0x02, DCC_SERVICE 0x03, AI_TASK_HOP 0x04,
+                      AI_QUERY 0x05
     55..0   detail    per function:
               FORWARDING   destination host number (h3 -> 3)
+              AI_QUERY     model id whose queries and results the flow steers (QIRCE)
               AI_TASK_HOP  55..24 task id (32 bits, the wire's task_id)
                            23..8  hop    (16 bits; the wire's hop_count is 8)
                            7..0   reserved, 0
@@ -21,9 +23,10 @@ DISCOVERY = 0x01     # LLDP punt for topology discovery
 FORWARDING = 0x02    # proactive shortest-path forwarding (ARP + IPv4) per host
 DCC_SERVICE = 0x03   # punt DA-ITN control traffic (and ARP) for the DCC address
 AI_TASK_HOP = 0x04   # one hop of an AI task's model, steered by its DSCP (controllers.aiflows)
+AI_QUERY = 0x05      # a client's inference queries to the replica QIRCE chose (and the results)
 
 FUNCTION_NAMES = {DISCOVERY: "discovery", FORWARDING: "forwarding",
-                  DCC_SERVICE: "dcc-service", AI_TASK_HOP: "ai-task-hop"}
+                  DCC_SERVICE: "dcc-service", AI_TASK_HOP: "ai-task-hop", AI_QUERY: "ai-query"}
 
 TASK_BITS, HOP_BITS, HOP_SHIFT = 32, 16, 8
 TASK_SHIFT = HOP_SHIFT + HOP_BITS

@@ -28,9 +28,10 @@ from os_ken.ofproto import ofproto_v1_3
 from os_ken.topology.switches import LLDPPacket
 
 from controllers import fabric as fab
-from controllers import cookies
+from controllers import aiflows, cookies
 from controllers.lineage import Lineage
 from controllers.mtrce import TrainingRequest, get_policy
+from controllers.qirce import Query, QueryRouter, ReplicaInfo
 from controllers.tasks import TaskTracker
 from controllers.maps import LinkInfo, MapsError, NetworkMaps
 from controllers.northbound import NorthboundAPI
@@ -104,6 +105,10 @@ class DCCApp(app_manager.OSKenApp):
         self.last_sha: dict[int, str] = {}  # task -> hash of its latest version
         self.plans: dict[int, dict] = {}  # task -> T-FAM assessment (with the plan)
         self.epochs = int(self.fabric.extra.get("local_epochs", 1))
+        self.router = QueryRouter(seed=int(self.fabric.extra.get("seed", 0)))
+        self.query_routes: dict[tuple, dict] = {}   # (client, server, model) -> {"flows", "last"}
+        self.query_answers: dict[tuple, list] = {}  # (client, query seq, excluded) -> answers (idempotent)
+        self.routed = 0
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -248,6 +253,8 @@ class DCCApp(app_manager.OSKenApp):
             wanted.update(f for f in fab.forwarding_flows(self.fabric, self.discovered)
                           if f.dpid in self.datapaths)
             wanted.update(f for f in self.tracker.wanted_flows() if f.dpid in self.datapaths)
+            for r in getattr(self, "query_routes", {}).values():
+                wanted.update(f for f in r["flows"] if f.dpid in self.datapaths)
         return wanted
 
     def _reconcile(self, cause: str):
@@ -339,6 +346,12 @@ class DCCApp(app_manager.OSKenApp):
     def _on_probe_tick(self, ev):
         now = time.time()
         self._maps_events(self.maps.tick(now))
+        idle = [k for k, r in self.query_routes.items() if now - r["last"] > 10.0]
+        for k in idle:  # no query for 10 s: the route's flows go
+            del self.query_routes[k]
+            self._event("query_route_removed", client=k[0], server=k[1], model=k[2])
+        if idle:
+            self._reconcile("query routes idle")
         if now - self.last_probe < self.probe_interval * 0.95:
             if now - self.last_stats >= self.stats_interval:
                 self._request_stats(now)
@@ -536,6 +549,8 @@ class DCCApp(app_manager.OSKenApp):
             return [m for m in (feas, plan) if m is not None]
         if msg.type == MsgType.ITINERARY and not msg.flags & wire.REPLY:
             return [self._hop(msg, node)]
+        if msg.type == MsgType.INFERENCE_QUERY:  # a client asks where to send a query (QIRCE)
+            return self._route_query(msg, node)
         if msg.type == MsgType.TASK_RESULT:  # the client has its model: the task's flows go
             if msg.task_id not in self.finished_tasks:
                 self.finished_tasks.add(msg.task_id)
@@ -545,6 +560,76 @@ class DCCApp(app_manager.OSKenApp):
             return []
         return [Message(MsgType.ERROR, task_id=msg.task_id, dst=msg.src,
                         body=wire.Error(2, f"the DCC does not take {MsgType(msg.type).name} messages"))]
+
+    @staticmethod
+    def query_dscp(model_id: int) -> int:
+        """Queries and results of a model: DSCP 56..63, apart from training tasks (8..55)."""
+        return 56 + model_id % 8
+
+    def _replicas(self, model_id: int) -> list[ReplicaInfo]:
+        """Servers the QRRT says host ``model_id``, with the MPVU's accuracy of the
+        version the task ended with (task id = model id, as clients submit them)."""
+        qk = self.maps.snapshot(time.time())["qrrt"]["knowledge"]
+        good = self.lineage.latest_good(model_id)
+        acc = max((v["accuracy"] for v in good.verdicts), default=None) if good else None
+        return [ReplicaInfo(n, model_id, acc) for n, k in sorted(qk.items()) if model_id in k.get("models", [])]
+
+    def _route_query(self, msg: Message, client: str) -> list[Message]:
+        """Q-FAM + QIRCE for one query: the best replica now (excluding servers the
+        client says failed), flows for its query and result traffic; idempotent."""
+        itin = msg.tlvs.get(Tlv.ITINERARY)
+        exclude = frozenset(wire.node_name(n) for n in (itin.segments if itin else []))
+        key = (client, msg.seq, msg.model_id, exclude)
+        if key not in self.query_answers:
+            now = time.time()
+            privacy = wire.Privacy(msg.tlvs.get(Tlv.PRIVACY_LEVEL, 0)).name.lower()
+            q = Query(query_id=msg.seq, client=client, model_id=msg.model_id,
+                      max_latency_ms=msg.tlvs.get(Tlv.MAX_LATENCY), min_accuracy=msg.tlvs.get(Tlv.MIN_ACCURACY),
+                      privacy=privacy)
+            d = self.router.route(q, self._snapshot(now), self._replicas(msg.model_id), now, exclude=set(exclude))
+            self.routed += 1
+            if self.routed <= 20 or not d.feasible or exclude:  # the first ones, and every refusal/failover
+                self._event("query_routed", client=client, query=msg.seq, model=msg.model_id,
+                            feasible=d.feasible, server=d.server, predicted_ms=d.predicted_ms,
+                            excluded=sorted(exclude), reasons=d.reasons[:3])
+            feas = Message(MsgType.FEASIBILITY, model_id=msg.model_id,
+                           body=wire.Feasibility(d.feasible, float((d.predicted_ms or 0) / 1000), 0,
+                                                 [r[:200] for r in d.reasons[:10]]))
+            out = [feas]
+            if d.feasible:
+                dscp = self.query_dscp(msg.model_id)
+                self._query_flows(client, d.server, msg.model_id, dscp, d.path, now)
+                out.append(Message(MsgType.ITINERARY, model_id=msg.model_id,
+                                   tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, 1, [wire.node_id(d.server)]),
+                                         Tlv.TRANSPORT: dscp},
+                                   body=wire.ItineraryBody("qirce")))
+            self.query_answers[key] = out
+            if len(self.query_answers) > 10_000:  # bounded: old answers are not asked again
+                self.query_answers.pop(next(iter(self.query_answers)))
+        answers = self.query_answers[key]
+        for m in answers:
+            m.dst, m.seq = msg.src, msg.seq
+        return answers
+
+    def _query_flows(self, client: str, server: str, model_id: int, dscp: int, path, now: float):
+        """Flows for a client's queries to a server (and the results back); kept while used."""
+        k = (client, server, model_id)
+        if k in self.query_routes:
+            self.query_routes[k]["last"] = now
+            return
+        flows = set()
+        if path:
+            import dataclasses
+            try:
+                for f in aiflows.hop_flows(self.fabric, path, task_id=model_id, hop=0, dscp=dscp,
+                                           src_ip=self.fabric.hosts[client].ip, dst_ip=self.fabric.hosts[server].ip):
+                    flows.add(dataclasses.replace(f, cookie=cookies.make(cookies.AI_QUERY, model_id)))
+            except ValueError as e:
+                self._event("no_path", query_route=[client, server], detail=str(e))
+        self.query_routes[k] = {"flows": frozenset(flows), "last": now, "path": path}
+        self._event("query_route_installed", client=client, server=server, model=model_id, path=path,
+                    flows=len(flows))
+        self._apply(self._wanted_flows())
 
     def _snapshot(self, now: float) -> dict:
         return self.maps.snapshot(now)

@@ -403,29 +403,67 @@ class Client:
         if w.get("min_accuracy"):
             tlvs[Tlv.MIN_ACCURACY] = float(w["min_accuracy"])
         tlvs[Tlv.PRIVACY_LEVEL] = wire.Privacy[w["privacy"].upper()]
-        server = wire.node_id(w["server"])
+        fixed = wire.node_id(w["server"]) if w.get("server") else None
         slots = threading.BoundedSemaphore(concurrency)
         records, lock = [], threading.Lock()
+        q_dscp: dict[int, int] = {}
+
+        def qid(i):  # unique per client across its workloads: the DCC answers route requests by it
+            return (index << 20) | (i + 1)
+
+        def route(i, failed):
+            """QIRCE at the DCC: where query i goes now (None, reasons if Q-FAM refuses it)."""
+            ask = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=qid(i), tlvs=dict(tlvs),
+                          body=wire.InferenceQuery([]))  # the DCC never sees the input
+            if failed:
+                ask.tlvs[Tlv.ITINERARY] = wire.Itinerary(0, 0, 1, [wire.node_id(f) for f in failed])
+            ans = rt.dcc_request(ask, lambda a: MT.FEASIBILITY in a and
+                                 (not a[MT.FEASIBILITY].body.feasible or MT.ITINERARY in a), timeout=1.0, tries=5)
+            feas = ans[MT.FEASIBILITY].body
+            if not feas.feasible:
+                return None, feas.reasons
+            plan = ans[MT.ITINERARY]
+            q_dscp[i] = plan.tlvs.get(Tlv.TRANSPORT, 0)  # the query route's flows match this mark
+            return plan.tlvs[Tlv.ITINERARY].segments[0], []
 
         def one(i):
-            q = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=i + 1, tlvs=dict(tlvs),
+            q = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=qid(i), tlvs=dict(tlvs),
                         body=wire.InferenceQuery([float(x) for x in queries_X[pick[i]]]))
             t = time.time()
-            try:
-                ans = rt.request(server, q, timeout=30)
-                ok = ans.type == MT.INFERENCE_RESULT
-                rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": ok,
-                       "correct": ok and ans.body.label == int(queries_y[pick[i]]),
-                       "service_ms": ans.body.service_ms if ok else None,
-                       "error": None if ok else getattr(ans.body, "text", MsgType(ans.type).name)}
-            except (TransferError, OSError, wire.WireError) as e:
-                rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": False, "correct": False,
-                       "service_ms": None, "error": str(e)}
+            failed, rec = [], None
+            for _attempt in range(3):  # failover: a server that fails is excluded and the DCC asked again
+                try:
+                    server, why = (fixed, []) if fixed else route(i, failed)
+                except TransferError as e:
+                    rec = {"error": f"no route from the DCC: {e}"}
+                    break
+                if server is None:
+                    rec = {"error": "refused: " + "; ".join(why[:2]), "refused": True}
+                    break
+                if q_dscp.get(i):
+                    q.tlvs[Tlv.TRANSPORT] = q_dscp[i]
+                try:
+                    ans = rt.request(server, q, timeout=30)
+                except (TransferError, OSError, wire.WireError) as e:
+                    rec = {"error": str(e)}
+                    ans = None
+                if ans is not None and ans.type == MT.INFERENCE_RESULT:
+                    rec = {"answered": True, "server": wire.node_name(server),
+                           "correct": ans.body.label == int(queries_y[pick[i]]),
+                           "service_ms": ans.body.service_ms, "error": None}
+                    break
+                if ans is not None:
+                    rec = {"error": getattr(ans.body, "text", MsgType(ans.type).name)}
+                if fixed:
+                    break
+                failed.append(wire.node_name(server))
+            rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": False, "correct": False,
+                   "service_ms": None, "server": None, "retried": len(failed), **(rec or {})}
             with lock:
                 records.append(rec)
             slots.release()
 
-        rt.event("workload_started", workload=index, server=w["server"], model=w["model"], queries=n,
+        rt.event("workload_started", workload=index, server=w.get("server") or "dcc (QIRCE)", model=w["model"], queries=n,
                  rate_qps=rate, arrivals=w["arrivals"])
         threads, t_next = [], time.time()
         for i in range(n):
@@ -442,7 +480,13 @@ class Client:
         lat = sorted(r["latency_ms"] for r in records if r["answered"])
         answered = sum(r["answered"] for r in records)
         limit = w.get("max_latency_ms")
-        out = {"workload": index, "server": w["server"], "model": w["model"], "sent": len(records),
+        servers: dict[str, int] = {}
+        for r in records:
+            if r["answered"]:
+                servers[r["server"]] = servers.get(r["server"], 0) + 1
+        out = {"workload": index, "server": w.get("server") or "dcc", "model": w["model"], "sent": len(records),
+               "by_server": servers, "refused": sum(1 for r in records if r.get("refused")),
+               "failovers": sum(1 for r in records if r["retried"] and r["answered"]),
                "answered": answered, "failed": len(records) - answered,
                "accuracy": (sum(r["correct"] for r in records) / answered) if answered else None,
                "latency_ms_mean": float(np.mean(lat)) if lat else None,

@@ -189,7 +189,7 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
              for ln, (a, ap, b, bp) in zip(topo.links, plan_ports(topo))]
     return {"roles": spec.nodes, "hosts": {h: o.model_dump() for h, o in spec.hosts.items()},
             "links": links, "knowledge": spec.knowledge.model_dump(),
-            "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps,
+            "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps, "seed": spec.seed,
             "local_epochs": spec.training.local_epochs,
             "api": {"port": free_port(), "token_file": str(token_path)}}
 

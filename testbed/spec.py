@@ -101,7 +101,8 @@ class InferenceSpec(_Strict):
 class WorkloadSpec(_Strict):
     """A client's inference query workload, started when the model of ``model`` is deployed."""
     client: str
-    server: str = Field(description="inference host that serves the queries")
+    server: str | None = Field(None, description="inference host that serves the queries; "
+                                                 "None: the DCC routes each query (QIRCE)")
     model: int = Field(ge=1, description="id of the training task whose final model answers them")
     queries: int = Field(100, ge=1)
     rate_qps: float = Field(20.0, gt=0, description="mean arrival rate")
@@ -321,11 +322,14 @@ def _check_terminal(spec: Spec, file: str):
     for i, w in enumerate(spec.workloads):
         if "client" not in spec.nodes.get(w.client, []):
             raise SpecError(file, f"workloads.{i}.client", f"{w.client!r} does not have the role 'client'")
-        if "inference" not in spec.nodes.get(w.server, []):
+        if w.server is not None and "inference" not in spec.nodes.get(w.server, []):
             raise SpecError(file, f"workloads.{i}.server", f"{w.server!r} does not have the role 'inference'")
         if w.model not in task_ids:
             raise SpecError(file, f"workloads.{i}.model", f"no task with id {w.model}")
-        if w.server not in task_ids[w.model].deploy_to:
+        if w.server is None and not task_ids[w.model].deploy_to:
+            raise SpecError(file, f"workloads.{i}.model",
+                            f"task {w.model}'s model is deployed nowhere; set tasks[id={w.model}].deploy_to")
+        if w.server is not None and w.server not in task_ids[w.model].deploy_to:
             raise SpecError(file, f"workloads.{i}.server",
                             f"task {w.model}'s model is not deployed to {w.server!r}; "
                             f"add it to tasks[id={w.model}].deploy_to")

@@ -141,3 +141,42 @@ def test_replan_after_link_failure_mid_task(tmp_path):
     # the link failed while the task ran, not after
     end = next(e for e in events if e["kind"] == "task_result")
     assert down[0]["t"] < end["t"]
+
+
+def test_queries_routed_spread_and_failed_over(tmp_path):
+    """Q-FAM/QIRCE: the model goes to two replicas (h5, h7); a client's queries are
+    routed by the DCC to both, with flows for query traffic; h7 crashes mid-workload
+    and no query is lost (failover to h5); queries asking for an accuracy no replica
+    has are refused at once, with the reason."""
+    spec = {"name": "qirce", "seed": 4,
+            "topology": {"generator": "tree", "params": {"depth": 2, "fanout": 3}},
+            "links": {"bw": 100},
+            "nodes": {"h1": ["client"], "h2": ["data"], "h4": ["data"], "h5": ["inference"],
+                      "h7": ["inference"], "h9": ["mpvu"]},
+            "data": {"partition": "iid"}, "knowledge": {"report_interval_s": 0.5},
+            "tasks": [{"id": 1, "client": "h1", "target_accuracy": 0.8, "deadline_s": 60, "max_laps": 4,
+                       "deploy_to": ["h5", "h7"]}],
+            "workloads": [{"client": "h1", "model": 1, "queries": 240, "rate_qps": 40, "arrivals": "poisson"},
+                          {"client": "h1", "model": 1, "queries": 10, "rate_qps": 20, "min_accuracy": 0.999}],
+            "timeline": [{"at_s": 4.0, "kind": "crash_node", "node": "h7"}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    rc, text = run_cli(out, spec=tmp_path / "spec.yaml")
+    assert rc == 0, text[-3000:]
+    events = read_jsonl(out / "events.jsonl")
+    w0, w1 = sorted((e for e in events if e["kind"] == "workload_result"), key=lambda e: e["workload"])
+    print(f"workload 0: {w0['answered']}/{w0['sent']} answered, by server {w0['by_server']}, "
+          f"failovers {w0['failovers']}; workload 1: {w1['refused']} refused")
+    assert w0["sent"] == 240 and w0["answered"] == 240, w0  # none lost across the crash
+    assert set(w0["by_server"]) == {"h5", "h7"} and min(w0["by_server"].values()) >= 20, w0
+    crash = next(e for e in events if e["kind"] == "node_crashed")
+    assert crash["node"] == "h7"
+    start = next(e for e in events if e["kind"] == "workload_started" and e["workload"] == 0)
+    assert start["t"] < crash["t"], "the crash came before the workload: nothing to fail over"
+    # Q-FAM refused the over-demanding queries at once, with the reason
+    assert w1["refused"] == 10 and w1["answered"] == 0, w1
+    refused = [e for e in events if e["kind"] == "query_routed" and not e["feasible"]]
+    assert refused and any("accuracy" in r for r in refused[0]["reasons"]), refused[:1]
+    # flows for query traffic were installed, with the DSCP the client marked
+    routes = [e for e in events if e["kind"] == "query_route_installed"]
+    assert {e["server"] for e in routes} == {"h5", "h7"} and all(e["flows"] > 0 for e in routes)
