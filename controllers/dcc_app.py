@@ -31,7 +31,7 @@ from controllers import fabric as fab
 from controllers import aiflows, cookies
 from controllers.lineage import Lineage
 from controllers.mtrce import TrainingRequest, get_policy
-from controllers.qirce import Query, QueryRouter, ReplicaInfo
+from controllers.qirce import Query, QueryRouter, ReplicaInfo, place_replicas
 from controllers.tasks import TaskTracker
 from controllers.maps import LinkInfo, MapsError, NetworkMaps
 from controllers.northbound import NorthboundAPI
@@ -109,6 +109,7 @@ class DCCApp(app_manager.OSKenApp):
         self.query_routes: dict[tuple, dict] = {}   # (client, server, model) -> {"flows", "last"}
         self.query_answers: dict[tuple, list] = {}  # (client, query seq, excluded) -> answers (idempotent)
         self.routed = 0
+        self.placements: dict[int, Message] = {}
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -557,7 +558,11 @@ class DCCApp(app_manager.OSKenApp):
                 for e in self.tracker.finished(msg.task_id, time.time()):
                     self._event(e.pop("kind"), **e)
                 self._reconcile("task_finished")
-            return []
+            place = self._placement(msg.task_id)
+            if place is None:
+                return []
+            place.dst, place.seq = msg.src, msg.seq
+            return [place]
         return [Message(MsgType.ERROR, task_id=msg.task_id, dst=msg.src,
                         body=wire.Error(2, f"the DCC does not take {MsgType(msg.type).name} messages"))]
 
@@ -630,6 +635,25 @@ class DCCApp(app_manager.OSKenApp):
         self._event("query_route_installed", client=client, server=server, model=model_id, path=path,
                     flows=len(flows))
         self._apply(self._wanted_flows())
+
+    def _placement(self, task_id: int) -> Message | None:
+        """Where the task's replicas go (tasks[].replicas): k-median over network latency
+        from the query sources of its workloads; answered once, then the same again."""
+        cfg = self.fabric.extra.get("placement", {}).get(str(task_id))
+        if cfg is None:
+            return None
+        if task_id not in self.placements:
+            now = time.time()
+            chosen, reasons = place_replicas(task_id, cfg["sources"], self._snapshot(now), cfg["candidates"],
+                                             int(cfg["k"]))
+            self._event("placement", task=task_id, model=task_id, k=cfg["k"], chosen=chosen,
+                        sources=cfg["sources"], reasons=reasons[:10],
+                        policy="k-median over rate-weighted network latency to the query sources")
+            self.placements[task_id] = Message(
+                MsgType.ITINERARY, task_id=task_id, model_id=task_id,
+                tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, 1, [wire.node_id(n) for n in chosen])},
+                body=wire.ItineraryBody("placement"))
+        return self.placements[task_id]
 
     def _snapshot(self, now: float) -> dict:
         return self.maps.snapshot(now)

@@ -551,13 +551,23 @@ class Client:
         if res is None:
             return self._finish(tid, t0, "no result before deadline + grace", None, None)
         end = EndReason(res.tlvs[Tlv.END_REASON]).name.lower()
-        try:  # the DCC removes the task's flows (UDP, best effort: they are not needed any more)
-            rt.dcc_send(Message(MT.TASK_RESULT, task_id=tid, model_id=res.model_id,
-                                model_version=res.model_version, hop_count=res.hop_count,
-                                tlvs={Tlv.END_REASON: res.tlvs[Tlv.END_REASON],
-                                      Tlv.MODEL_DIGEST: res.tlvs[Tlv.MODEL_DIGEST]}, body=b""))
-        except (OSError, wire.WireError) as e:
-            log.warning("task result notice to the DCC failed: %s", e)
+        notice = Message(MT.TASK_RESULT, task_id=tid, model_id=res.model_id,
+                         model_version=res.model_version, hop_count=res.hop_count,
+                         tlvs={Tlv.END_REASON: res.tlvs[Tlv.END_REASON],
+                               Tlv.MODEL_DIGEST: res.tlvs[Tlv.MODEL_DIGEST]}, body=b"")
+        if task.get("replicas"):  # the DCC answers where the replicas go
+            try:
+                ans = rt.dcc_request(notice, lambda a: MT.ITINERARY in a, timeout=1.0, tries=5)
+                hosts = [wire.node_name(n) for n in ans[MT.ITINERARY].tlvs[Tlv.ITINERARY].segments]
+                task["deploy_to"] = hosts
+                rt.event("placement_received", task=tid, hosts=hosts)
+            except TransferError as e:
+                rt.event("deploy_skipped", task=tid, reason=f"no placement from the DCC: {e}")
+        else:
+            try:  # the DCC removes the task's flows (UDP, best effort: they are not needed any more)
+                rt.dcc_send(notice)
+            except (OSError, wire.WireError) as e:
+                log.warning("task result notice to the DCC failed: %s", e)
         return self._finish(tid, t0, end, res.tlvs.get(Tlv.ACCURACY), res)
 
     def _finish(self, tid: int, t0: float, end: str, accuracy, res: Message | None):

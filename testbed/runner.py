@@ -180,6 +180,14 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int],
     }
 
 
+def _query_sources(spec: Spec, model: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for w in spec.workloads:
+        if w.model == model:
+            out[w.client] = out.get(w.client, 0.0) + w.rate_qps
+    return out
+
+
 def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
     """What the DCC is told besides the fabric: roles and host options, the links
     as configured (capacities: OVS cannot report HTB-shaped rates), knowledge
@@ -191,6 +199,10 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
             "links": links, "knowledge": spec.knowledge.model_dump(),
             "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps, "seed": spec.seed,
             "local_epochs": spec.training.local_epochs,
+            # replica placement (tasks[].replicas): k and the query sources of the model's workloads
+            "placement": {str(t.id): {"k": t.replicas, "candidates": spec.hosts_with("inference"),
+                                      "sources": _query_sources(spec, t.id)}
+                          for t in spec.tasks if t.replicas},
             "api": {"port": free_port(), "token_file": str(token_path)}}
 
 

@@ -151,6 +151,9 @@ class TaskSpec(_Strict):
     required_labels: list[int] | None = None
     deploy_to: list[str] = Field(default_factory=list, description="inference hosts that get the "
                                                                     "final model")
+    replicas: int | None = Field(None, ge=1, description="the DCC places this many replicas of the "
+                                                          "final model on inference hosts near the "
+                                                          "query sources of its workloads (instead of deploy_to)")
     byte_budget: int | None = Field(None, gt=0, description="bytes the model's travels may put on "
                                                             "the wire (T-FAM refuses plans above it)")
 
@@ -271,6 +274,11 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
         raise SpecError(file, "nodes", "exactly one host needs the role 'mpvu' (the model verification unit)")
     ids = set()
     for i, t in enumerate(spec.tasks):
+        if t.replicas and t.deploy_to:
+            raise SpecError(file, f"tasks.{i}.replicas", "give either deploy_to (fixed hosts) or replicas "
+                                                         "(the DCC places them), not both")
+        if t.replicas and not spec.hosts_with("inference"):
+            raise SpecError(file, f"tasks.{i}.replicas", "no host has the role 'inference'")
         for j, h in enumerate(t.deploy_to):
             if "inference" not in spec.nodes.get(h, []):
                 raise SpecError(file, f"tasks.{i}.deploy_to.{j}", f"{h!r} does not have the role 'inference'")
@@ -326,9 +334,10 @@ def _check_terminal(spec: Spec, file: str):
             raise SpecError(file, f"workloads.{i}.server", f"{w.server!r} does not have the role 'inference'")
         if w.model not in task_ids:
             raise SpecError(file, f"workloads.{i}.model", f"no task with id {w.model}")
-        if w.server is None and not task_ids[w.model].deploy_to:
+        if w.server is None and not (task_ids[w.model].deploy_to or task_ids[w.model].replicas):
             raise SpecError(file, f"workloads.{i}.model",
-                            f"task {w.model}'s model is deployed nowhere; set tasks[id={w.model}].deploy_to")
+                            f"task {w.model}'s model is deployed nowhere; set tasks[id={w.model}].deploy_to "
+                            f"or .replicas")
         if w.server is not None and w.server not in task_ids[w.model].deploy_to:
             raise SpecError(file, f"workloads.{i}.server",
                             f"task {w.model}'s model is not deployed to {w.server!r}; "

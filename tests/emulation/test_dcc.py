@@ -180,3 +180,28 @@ def test_queries_routed_spread_and_failed_over(tmp_path):
     # flows for query traffic were installed, with the DSCP the client marked
     routes = [e for e in events if e["kind"] == "query_route_installed"]
     assert {e["server"] for e in routes} == {"h5", "h7"} and all(e["flows"] > 0 for e in routes)
+
+
+def test_dcc_places_the_replica_near_the_query_source(tmp_path):
+    """tasks[].replicas: 1 - the DCC puts the model on the inference host nearest the
+    workload's client (h3 shares h1's switch; h8 is two switches away)."""
+    spec = {"name": "placement", "seed": 5,
+            "topology": {"generator": "tree", "params": {"depth": 2, "fanout": 3}},
+            "links": {"bw": 100},
+            "nodes": {"h1": ["client"], "h2": ["data"], "h5": ["data"], "h3": ["inference"],
+                      "h8": ["inference"], "h9": ["mpvu"]},
+            "data": {"partition": "iid"}, "knowledge": {"report_interval_s": 0.5},
+            "tasks": [{"id": 1, "client": "h1", "target_accuracy": 0.8, "deadline_s": 60, "max_laps": 4,
+                       "replicas": 1}],
+            "workloads": [{"client": "h1", "model": 1, "queries": 40, "rate_qps": 40}]}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    out = tmp_path / "run"
+    rc, text = run_cli(out, spec=tmp_path / "spec.yaml")
+    assert rc == 0, text[-3000:]
+    events = read_jsonl(out / "events.jsonl")
+    place = next(e for e in events if e["kind"] == "placement")
+    assert place["chosen"] == ["h3"] and place["sources"] == {"h1": 40.0}, place
+    hosted = [e for e in events if e["kind"] == "model_hosted"]
+    assert [e["src"] for e in hosted] == ["h3"]
+    w = next(e for e in events if e["kind"] == "workload_result")
+    assert w["answered"] == 40 and w["by_server"] == {"h3": 40}, w

@@ -294,3 +294,27 @@ def test_capture_port_must_exist(tmp_path, intf):
     with pytest.raises(SpecError) as ei:
         load_spec(write(tmp_path, d))
     assert ei.value.field == "capture.0"
+
+
+def test_replicas_and_deploy_to_are_exclusive(tmp_path):
+    def both(d):
+        d["nodes"]["h3"] = ["inference"]
+        d["tasks"][0].update(deploy_to=["h3"], replicas=1)
+    with pytest.raises(SpecError) as ei:
+        load_spec(bad_spec(tmp_path, both))
+    assert ei.value.field == "tasks.0.replicas" and "not both" in ei.value.reason
+
+
+def test_workload_without_server_is_routed_by_the_dcc(tmp_path):
+    def routed(d):
+        d["nodes"]["h3"] = ["inference"]
+        d["tasks"][0].update(replicas=1)
+        d["workloads"] = [{"client": "h1", "model": 1}]
+    spec, _ = load_spec(bad_spec(tmp_path, routed))
+    assert spec.workloads[0].server is None
+
+    def nowhere(d):
+        d["workloads"] = [{"client": "h1", "model": 1}]
+    with pytest.raises(SpecError) as ei:
+        load_spec(bad_spec(tmp_path, nowhere))
+    assert ei.value.field == "workloads.0.model" and "deployed nowhere" in ei.value.reason
