@@ -1,7 +1,11 @@
 """The DA-ITN Control Center as an os-ken app: a thin OpenFlow shim.
 
-It turns switch/link events into calls on pure policy (:mod:`controllers.fabric`,
-:mod:`controllers.itinerary`) and their answers into flow-mods and packet-outs.
+It turns switch/link events and DA-ITN control messages into calls on pure
+policy — :mod:`controllers.fabric` (forwarding), :mod:`controllers.maps`
+(DRRT/QRRT), :mod:`controllers.tasks` with :mod:`controllers.tfam` and
+:mod:`controllers.mtrce` (training), :mod:`controllers.qirce` (queries),
+:mod:`controllers.lineage` (model tracking) — and their answers into
+flow-mods, meter-mods and packet-outs.
 Topology discovery is LLDP, sent and parsed here with os-ken's LLDP codec: we
 run our own probe loop rather than os-ken's topology app, whose port state
 machine loses ports that change state during the OpenFlow handshake (seen on

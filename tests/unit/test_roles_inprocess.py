@@ -2,11 +2,11 @@
 MemoryNetwork, a DCC built from the real MTRCE policy, real PyTorch training."""
 import json
 import threading
+import time
 
 import pytest
 import torch
 
-from controllers.itinerary import plan_itinerary
 from nodes import wire
 from nodes.memnet import MemoryNetwork
 from nodes.roles import run_node
@@ -21,59 +21,97 @@ TARGET = 0.6
 
 
 class FakeDCC:
-    """The DCC's control-message policy as controllers/dcc_app.py applies it (knowledge
-    from reports; FEASIBILITY + ITINERARY from plan_itinerary, idempotent per task),
-    without os_ken. The hosts hang off a line of switches, one per host."""
+    """The DCC's control-message handling as controllers/dcc_app.py does it, without
+    os_ken, over the same pure parts: NetworkMaps fed by knowledge reports, the
+    TaskTracker (T-FAM + MTRCE, hop requests). The hosts hang off a line of switches,
+    one per host; no flows are applied (there is no switch), the tracker's are kept."""
 
-    def __init__(self):
+    def __init__(self, nodes=None, policy="naive"):
+        from controllers.maps import LinkInfo, NetworkMaps
+        from controllers.mtrce import get_policy
+        from controllers.tasks import TaskTracker
+        from testbed.network import fabric_of, plan_ports
+        from topologies.generators import linear
+        hosts = sorted(nodes or NODES, key=lambda h: int(h[1:]))
+        topo = linear(len(hosts))
+        self.fabric = fabric_of(topo)
+        self.maps = NetworkMaps(report_interval_s=0.5)
+        self.maps.set_links([LinkInfo(a, None if a.startswith("h") else ap, b, None if b.startswith("h") else bp,
+                                      100.0, None) for a, ap, b, bp in plan_ports(topo)])
+        self.tracker = TaskTracker(self.fabric, get_policy(policy))
         self.knowledge: dict[str, dict] = {}
-        self.answers: dict[int, tuple] = {}
+        self.answers: dict = {}
         self.plans: list[dict] = []
+        self.hops: list[dict] = []
         self.verdicts: list[tuple[str, Message]] = []
-
-    @staticmethod
-    def distance(a, b):
-        return abs(int(a[1:]) - int(b[1:]))
+        self.lock = threading.Lock()
 
     def __call__(self, msg: Message, node: str) -> list[Message]:
+        with self.lock:  # nodes call in their own threads; the app has one event thread
+            return self._handle(msg, node)
+
+    def _handle(self, msg, node):
+        now = time.time()
         if msg.type == MsgType.KNOWLEDGE_REPORT:
             kr = msg.body
+            roles = [r.name.lower() for r in Role if kr.roles & r]
             self.knowledge[node] = {"samples": kr.samples, "label_hist": list(kr.label_hist),
-                                    "verification_samples": kr.verification_samples,
-                                    "roles": [r.name.lower() for r in Role if kr.roles & r]}
+                                    "verification_samples": kr.verification_samples, "roles": roles}
+            self.maps.node_report(node, now, roles=roles, samples=kr.samples, label_hist=list(kr.label_hist),
+                                  verification_samples=kr.verification_samples, capacity=kr.capacity,
+                                  models=list(kr.models))
             return []
-        if msg.type == MsgType.TRAIN_REQUEST:
-            if msg.task_id not in self.answers:
-                self.answers[msg.task_id] = self.plan(msg, node)
-            feas, plan = self.answers[msg.task_id]
-            for m in (feas, plan):
-                if m is not None:
-                    m.dst, m.seq = msg.src, msg.seq
-            return [m for m in (feas, plan) if m is not None]
-        if msg.type == MsgType.EVAL_VERDICT:  # the MPVU's copy, for the model's record
+        key = (msg.type, msg.task_id, msg.hop_count, msg.model_version)
+        if msg.type == MsgType.TRAIN_REQUEST and key not in self.answers:
+            self.answers[key] = self.plan(msg, node, now)
+        elif msg.type == MsgType.ITINERARY and not msg.flags & wire.REPLY and key not in self.answers:
+            end = msg.tlvs.get(Tlv.END_REASON)
+            ans, ev = self.tracker.hop_request(msg.task_id, node, None if end is None else
+                                              wire.EndReason(end).name.lower(), self.maps.snapshot(now), now)
+            self.hops.append(ans)
+            t = self.tracker.tasks[msg.task_id]
+            tlvs = {Tlv.ITINERARY: wire.Itinerary(max(t.ptr, 0), t.lap, t.max_laps,
+                                                  [wire.node_id(n) for n in t.segments]), Tlv.TRANSPORT: t.dscp}
+            if ans["end"]:
+                tlvs[Tlv.END_REASON] = {"target_reached": 1, "deadline": 2, "max_laps": 3}.get(ans["end"], 5)
+            self.answers[key] = [Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
+                                         tlvs=tlvs, body=wire.ItineraryBody(self.tracker.policy.name))]
+        elif msg.type == MsgType.TASK_RESULT:
+            self.tracker.finished(msg.task_id, now)
+            return []
+        elif msg.type == MsgType.EVAL_VERDICT:  # the MPVU's copy, for the model's record
             self.verdicts.append((node, msg))
             return []
+        if key in self.answers:
+            out = self.answers[key]
+            for m in out:
+                m.dst, m.seq = msg.src, msg.seq
+            return out
         return [Message(MsgType.ERROR, task_id=msg.task_id, dst=msg.src,
                         body=wire.Error(2, f"the DCC does not take {MsgType(msg.type).name} messages"))]
 
-    def plan(self, msg, client):
-        data_nodes = {n: k for n, k in self.knowledge.items() if "data" in k["roles"]}
-        mpvus = sorted(n for n, k in self.knowledge.items() if "mpvu" in k["roles"])
-        answer = plan_itinerary(client, data_nodes, self.distance, msg.tlvs.get(Tlv.REQUIRED_LABELS))
-        feasible = answer.feasible and bool(mpvus)
-        self.plans.append({"task": msg.task_id, "itinerary": answer.itinerary, "feasible": feasible})
-        feas = Message(MsgType.FEASIBILITY, task_id=msg.task_id, model_id=msg.model_id,
-                       body=wire.Feasibility(feasible, 0.0, 0, answer.reasons))
-        if not feasible:
-            return feas, None
+    def plan(self, msg, client, now):
+        from controllers.mtrce import TrainingRequest
+        ask = msg.tlvs.get(Tlv.ITINERARY)
+        req = TrainingRequest(task_id=msg.task_id, client=client, model_bytes=msg.body.model_bytes,
+                              target_accuracy=msg.tlvs[Tlv.TARGET_ACCURACY],
+                              deadline_s=msg.tlvs[Tlv.DEADLINE] / 1000 - now, max_laps=ask.max_laps)
         dscp = 8 + (msg.task_id - 1) % 48  # dcc_app.task_dscp (importing it needs os_ken)
-        segments = [wire.node_id(n) for n in answer.itinerary]
+        a, task, _ = self.tracker.submit(req, dscp, self.maps.snapshot(now), now, ask.max_laps)
+        self.plans.append({"task": msg.task_id, "itinerary": task.segments if task else [],
+                           "feasible": a.feasible})
+        feas = Message(MsgType.FEASIBILITY, task_id=msg.task_id, model_id=msg.model_id,
+                       body=wire.Feasibility(a.feasible, float(a.est_seconds or 0), int(a.est_bytes or 0),
+                                             a.reasons[:20]))
+        if task is None:
+            return [feas]
         plan = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
-                       tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, 1, segments),
+                       tlvs={Tlv.ITINERARY: wire.Itinerary(0, 0, task.max_laps,
+                                                           [wire.node_id(n) for n in task.segments]),
                              Tlv.TRANSPORT: dscp,
-                             Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(mpvus[0]))},
-                       body=wire.ItineraryBody(answer.policy))
-        return feas, plan
+                             Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(task.mpvu))},
+                       body=wire.ItineraryBody(self.tracker.policy.name))
+        return [feas, plan]
 
 
 @pytest.fixture
@@ -137,14 +175,18 @@ def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
     assert "error" not in kinds and "message_dropped" not in kinds and "transfer_failed" not in kinds
     assert result["end_reason"] == "target_reached" and result["accuracy"] >= TARGET, result
 
-    # the itinerary came from the policy: nearest first along the line of switches
-    assert dcc.plans == [{"task": 1, "itinerary": ["h2", "h3", "h4"], "feasible": True}]
+    # the itinerary came from the policy (naive: every data node, in a seeded order),
+    # and every move after the first was a hop request answered by the tracker
+    plan, = dcc.plans
+    assert plan["feasible"] and sorted(plan["itinerary"]) == ["h2", "h3", "h4"]
+    itinerary = plan["itinerary"]
     received, = [e for e in events if e["kind"] == "itinerary_received"]
-    assert received["itinerary"] == ["h2", "h3", "h4"]
+    assert received["itinerary"] == itinerary
+    assert "dcc_no_answer" not in kinds and len(dcc.hops) >= 1
 
     trains = [e for e in events if e["kind"] == "train"]
     verdicts = [e for e in events if e["kind"] == "verdict"]
-    assert [e["src"] for e in trains] == (["h2", "h3", "h4"] * 4)[:len(trains)]  # the hops, in order
+    assert [e["src"] for e in trains] == (itinerary * 4)[:len(trains)]  # the hops, in order
     assert [e["hop"] for e in trains] == list(range(1, len(trains) + 1))
     assert [e["parent_sha256"] for e in trains[1:]] == [e["sha256"] for e in trains[:-1]]
     # every hop's model was verified by the MPVU, and the last verdict ended the task
