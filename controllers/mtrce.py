@@ -420,7 +420,7 @@ class _Context:
             hist = [max(0, int(x)) for x in k.get("label_hist") or []]
             hist += [0] * (self.n_classes - len(hist))
             labels = [i for i, n in enumerate(hist) if n > 0]
-            train_s = cost.train_seconds(k["samples"], req.local_epochs, c["capacity"])
+            train_s = cost.train_seconds(k["samples"], req.local_epochs, c["capacity"], req.model_bytes)
             self.cands[node] = _Cand(node, int(k["samples"]), int(k["samples"]) * req.local_epochs, hist,
                                      sum(1 << i for i in labels), labels, train_s,
                                      cost.wait_seconds(train_s, c.get("load", 0.0), c.get("queue_len", 0)))

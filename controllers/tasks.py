@@ -50,6 +50,39 @@ def fastest_path(snapshot: dict, a: str, b: str, nbytes: int, exclude: set[str] 
         return None
 
 
+def fewest_hops_path(snapshot: dict, a: str, b: str, nbytes: int = 0) -> list[str] | None:
+    """Host-to-host path over up links with the fewest links (hosts never transit):
+    how the naive baseline routes."""
+    g = nx.Graph()
+    for ln in snapshot.get("drrt", {}).get("resources", {}).get("links", []):
+        if ln.get("up", True):
+            g.add_edge(ln["a"], ln["b"])
+    g.remove_nodes_from([n for n in list(g) if n.startswith("h") and n not in (a, b)])
+    try:
+        return nx.shortest_path(g, a, b)
+    except (nx.NetworkXNoPath, nx.NodeNotFound):
+        return None
+
+
+def path_is_up(snapshot: dict, path: list[str]) -> bool:
+    up = {frozenset((ln["a"], ln["b"])) for ln in snapshot.get("drrt", {}).get("resources", {}).get("links", [])
+          if ln.get("up", True)}
+    return all(frozenset(p) in up for p in zip(path, path[1:]))
+
+
+def plan_paths(plan: Plan | None) -> dict[tuple[str, str], list[str]]:
+    """Every leg the plan costed, by (from, to): the paths its estimates assume."""
+    out: dict[tuple[str, str], list[str]] = {}
+    if plan is None:
+        return out
+    hops = [s.hop for s in plan.stops] + [s.verify_hop for s in plan.stops]
+    hops += [getattr(plan, "lap_hop", None), plan.return_hop]
+    for h in hops:
+        if h is not None and h.path:
+            out[(h.src, h.dst)] = list(h.path)
+    return out
+
+
 @dataclass
 class ActiveTask:
     task_id: int
@@ -72,6 +105,7 @@ class ActiveTask:
     paths: dict = field(default_factory=dict)  # "hop"/"verify" -> node path
     replans: int = 0
     ended: str | None = None
+    planned: dict = field(default_factory=dict)  # (from, to) -> the path the plan costed
 
 
 class TaskTracker:
@@ -86,6 +120,9 @@ class TaskTracker:
         self.reserve_mbps = reserve_mbps
         self.tasks: dict[int, ActiveTask] = {}
         self.done: dict[int, ActiveTask] = {}
+        # legs the plan did not cost (after a re-plan without plan, ...) are routed as the
+        # policy routes: the naive baseline by fewest hops, the others by transfer time
+        self.route = fewest_hops_path if policy.name == "naive" else fastest_path
 
     # ---- requests ------------------------------------------------------------
     def submit(self, req: TrainingRequest, dscp: int, snapshot: dict, now: float,
@@ -97,7 +134,7 @@ class TaskTracker:
             return a, None, ev
         plan = a.plan
         t = ActiveTask(req.task_id, req.client, plan.mpvu, dscp, req, a, plan.itinerary(), max_laps,
-                       now + req.deadline_s, now, holder=req.client)
+                       now + req.deadline_s, now, holder=req.client, planned=plan_paths(plan))
         self.tasks[t.task_id] = t
         ev.append({"kind": "plan", "task": t.task_id, "policy": plan.policy, **plan.to_dict()})
         ev += self._move(t, t.segments[0], 0, 0, snapshot, "first stop of the plan")
@@ -157,6 +194,7 @@ class TaskTracker:
                 here = t.heading or t.holder
                 if a.plan is not None and a.plan.stops:
                     new = a.plan.itinerary()
+                    t.planned = plan_paths(a.plan)
                 else:  # no plan at all: keep the old stops that are still up
                     nodes = snapshot.get("nodes", {})
                     new = [n for n in old if nodes.get(n, {}).get("status") in ("fresh", "stale")]
@@ -217,7 +255,9 @@ class TaskTracker:
         for name, (a, b) in legs.items():
             if a == b:
                 continue
-            p = fastest_path(snapshot, a, b, nbytes)
+            p = t.planned.get((a, b))
+            if p is None or not path_is_up(snapshot, p):  # the plan's leg, while its links are up
+                p = self.route(snapshot, a, b, nbytes)
             if p is None:
                 continue  # unreachable now: default forwarding (if any) carries it; said below
             meter = None

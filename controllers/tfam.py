@@ -44,6 +44,12 @@ class CostModel:
     # MLP [64], lr 0.1, momentum 0.5, median of 5-7 epochs after a warm-up. Eight runs gave
     # 6.3e-5 to 1.6e-4 s as other jobs loaded the machine; 9.3e-5 is their median.
     train_s_per_sample_epoch: float = 9.3e-5
+    # ... for that model of 21,469 bytes; a bigger model costs more per sample. Rough
+    # linear fit through that point and bench/bench_policies.py's MLP [512, 512]
+    # (1.2 MB, ~6.7e-4 s per sample per epoch on the same machine): +4.9e-10 s per byte
+    # of model state beyond the calibrated one.
+    calibrated_model_bytes: int = 21469
+    train_s_per_sample_epoch_per_byte: float = 4.9e-10
     # One MPVU evaluation: the MPVU deserialises the model (21469 bytes) and evaluates it on
     # the digits verification set (450 samples), and the stop serialises the model it sends.
     # calibrate_training(): 2.0 to 3.4 ms over the same eight runs, median 2.1 ms.
@@ -125,9 +131,12 @@ class CostModel:
         waits = self.latency_factor + 2 * rounds
         return waits * latency_ms / 1000 + nbytes * 8 / (bottleneck_mbps * 1e6)
 
-    def train_seconds(self, samples: int, epochs: int, capacity: float) -> float:
-        """Seconds of training at a node of relative speed ``capacity`` (nodes.model.Throttle)."""
-        return samples * epochs * self.train_s_per_sample_epoch / capacity
+    def train_seconds(self, samples: int, epochs: int, capacity: float, model_bytes: int | None = None) -> float:
+        """Seconds of training at a node of relative speed ``capacity`` (nodes.model.Throttle),
+        for a model of ``model_bytes`` (None: the calibrated model's size)."""
+        extra = max(0, (model_bytes or self.calibrated_model_bytes) - self.calibrated_model_bytes)
+        per = self.train_s_per_sample_epoch + extra * self.train_s_per_sample_epoch_per_byte
+        return samples * epochs * per / capacity
 
     def wait_seconds(self, train_s: float, load: float, queue_len: int) -> float:
         """Queueing estimate at a node: the jobs it has queued, plus the rest of the one it is

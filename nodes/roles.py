@@ -554,7 +554,10 @@ class Client:
         notice = Message(MT.TASK_RESULT, task_id=tid, model_id=res.model_id,
                          model_version=res.model_version, hop_count=res.hop_count,
                          tlvs={Tlv.END_REASON: res.tlvs[Tlv.END_REASON],
-                               Tlv.MODEL_DIGEST: res.tlvs[Tlv.MODEL_DIGEST]}, body=b"")
+                               Tlv.MODEL_DIGEST: res.tlvs[Tlv.MODEL_DIGEST],
+                               # a well-formed TASK_RESULT that carries no model: 0 of 0 bytes
+                               Tlv.CHUNK: wire.Chunk(0, 0),
+                               Tlv.ACCURACY: res.tlvs.get(Tlv.ACCURACY, 0.0)}, body=b"")
         if task.get("replicas"):  # the DCC answers where the replicas go
             try:
                 ans = rt.dcc_request(notice, lambda a: MT.ITINERARY in a, timeout=1.0, tries=5)

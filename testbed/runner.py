@@ -330,6 +330,8 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             def known():
                 if nodes.poll() is not None:
                     raise RunError(f"node processes exited early; see {run_dir/'logs'}")
+                if not ctl.alive():
+                    raise RunError(f"the controller died; see {ctl.log_path}")
                 return reporting <= set(ctl.state().get("knowledge", {}))
 
             wait_for(known, 120, "knowledge reports from every node at the DCC",
@@ -364,7 +366,10 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             if nodes.returncode != 0:
                 say(f"node launcher exited with {nodes.returncode}; see {run_dir/'logs'}/nodes.log")
             results.dump_flows(topo.switches, run_dir / "flows")
-            net_info["flows_installed_by_dcc"] = ctl.state().get("flows_installed")
+            st_end = ctl.state()
+            net_info["flows_installed_by_dcc"] = st_end.get("flows_installed")
+            net_info["flows_deleted_by_dcc"] = st_end.get("flows_deleted")
+            net_info["flows_current_by_dcc"] = st_end.get("flows_current")
             errs = ctl.logged_exceptions()
             if errs:
                 ev("controller_errors", lines=errs[:20])

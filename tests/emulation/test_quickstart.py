@@ -90,8 +90,13 @@ def test_flow_counts_agree_with_switch_dumps(quickstart):
     assert len(list((quickstart / "flows").glob("s*.txt"))) == s["network"]["switches"] == 4
     assert flows, "no flows dumped"
     assert all(cookies.function_of(f["cookie"]) for f in flows), "a flow without a DCC cookie"
-    # nothing was removed in this run, so every flow-mod the DCC sent is in a table
-    assert s["network"]["flows_installed_by_dcc"] == len(flows) == s["network"]["flows_in_dumps"]
+    # every flow the DCC holds is in a table; the task's hop flows came and went
+    n = s["network"]
+    assert n["flows_current_by_dcc"] == len(flows) == n["flows_in_dumps"]
+    assert n["flows_installed_by_dcc"] - n["flows_deleted_by_dcc"] == len(flows)
+    assert n["flows_deleted_by_dcc"] > 0, "no per-hop flow was ever removed"
+    assert not [f for f in flows if cookies.function_of(f["cookie"]) == "ai-task-hop"], \
+        "a task's hop flows outlived the task"
     # model traffic crossed DCC forwarding flows
     fwd = [f for f in flows if cookies.function_of(f["cookie"]) == "forwarding"]
     assert sum(f["n_packets"] for f in fwd) > 100

@@ -553,7 +553,10 @@ def test_every_plan_is_made_of_valid_hops_and_adds_up(net, name):
         assert r.byte_budget is None or p.est_bytes <= r.byte_budget
     if name == "search" and nodes:
         g = plan("greedy", r, snap)
-        assert (not p.feasible, p.est_seconds) <= (not g.feasible, g.est_seconds + 1e-9)
+        # never worse than greedy when greedy finds a feasible plan (when neither is
+        # feasible, search ranks plans by how close they get, not by their seconds)
+        if g.feasible:
+            assert p.feasible and p.est_seconds <= g.est_seconds + 1e-9
 
 
 def crowded_two_regions(extra: int):
