@@ -13,7 +13,7 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
-DEB_PKGS="make vagrant mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
+DEB_PKGS="make g++ vagrant mininet openvswitch-switch openvswitch-common tcpdump tshark ethtool iperf3 iputils-ping iproute2 python3-venv python3-pip python3-dev procps psmisc"
 missing=""
 for p in $DEB_PKGS; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -63,4 +63,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   log "Python deps up to date"
 fi
+# The ns-3 side of simulated links, compiled once against the ns3 wheel (a no-op when
+# the library for this wheel, compiler and source already exists; ~10 s otherwise).
+"$VENV/bin/python" -m testbed.ns3link.build \
+  || { echo "setup.sh: building the ns-3 link library failed; see above" >&2; exit 1; }
 log "done"
