@@ -161,3 +161,36 @@ def test_estimate_vs_actual():
     e = estimate_vs_actual({"est_seconds": 10.0, "est_bytes": 1000, "expected_accuracy": 0.8}, 12.0, 900, 0.85)
     assert e["seconds_ratio"] == 1.2 and e["bytes_ratio"] == 0.9 and e["actual_accuracy"] == 0.85
     assert estimate_vs_actual(None, 1, 1, 1) is None
+
+
+def test_bandwidth_change_moves_the_hop_to_the_now_faster_path(world):
+    _, fabric, maps, tr = world
+    _, task, _ = tr.submit(request(), DSCP, maps.snapshot(NOW), NOW, max_laps=3)
+    assert task.paths["hop"] == ["h1", "s1", "s2", "s3", task.heading]
+    maps.set_capacity("s1", "s2", 0.5, NOW + 1, source="api")  # the fast way is now the slowest
+    ev = tr.replan("bandwidth change (s1-s2)", maps.snapshot(NOW + 1), NOW + 1)
+    moved, = [e for e in ev if e["kind"] == "flows_moved"]
+    assert moved["new"]["hop"] == ["h1", "s1", "s3", task.heading]
+    pkt = {"eth_type": 0x0800, "ipv4_src": fabric.hosts["h1"].ip,
+           "ipv4_dst": fabric.hosts[task.heading].ip, "ip_dscp": DSCP}
+    assert aiflows.walk(sorted(tr.wanted_flows(), key=str), fabric, "h1", pkt) == moved["new"]["hop"]
+
+
+def test_a_node_that_joins_is_added_by_the_replan():
+    topo = slow_triangle()
+    fabric = fabric_of(topo)
+    maps = NetworkMaps(report_interval_s=1.0)
+    maps.set_links([LinkInfo(a, None if a.startswith("h") else ap, b, None if b.startswith("h") else bp,
+                             ln.bw_mbit, None) for ln, (a, ap, b, bp) in zip(topo.links, plan_ports(topo))])
+    for n in ("h1", "h2", "h3"):  # h4 has not reported yet
+        maps.node_report(n, NOW, **REPORTS[n])
+    tr = TaskTracker(fabric, get_policy("naive"))  # naive visits every usable data node
+    a, task, _ = tr.submit(request(target_accuracy=0.3), DSCP, maps.snapshot(NOW), NOW, max_laps=3)
+    assert task is not None and task.segments == ["h3"], a.reasons
+    events = maps.node_report("h4", NOW + 1, **REPORTS["h4"])
+    assert [e["kind"] for e in events] == ["node_joined"]
+    ev = tr.replan("node joined (h4)", maps.snapshot(NOW + 1), NOW + 1)
+    rp, = [e for e in ev if e["kind"] == "replan"]
+    assert "h4" in rp["new"] and rp["old"] == ["h3"] and rp["cause"] == "node joined (h4)"
+    ans, _ = tr.hop_request(1, "h3", None, maps.snapshot(NOW + 2), NOW + 2)
+    assert ans["next"] == "h4"
