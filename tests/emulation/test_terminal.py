@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import pytest
 from nodes.data import make_shards
 from testbed.api import ApiClient, ApiError
 from testbed.results import read_jsonl
-from tests.emulation.test_ai_traffic import (DAITN, REPO, assert_nothing_left, background_run,
-                                             run_cli, run_id_of)
+from tests.emulation.test_ai_traffic import DAITN, REPO, background_run, run_cli
 
 pytestmark = [pytest.mark.emulation,
               pytest.mark.skipif(os.geteuid() != 0, reason="emulation tier needs root")]

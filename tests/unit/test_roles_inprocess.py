@@ -138,11 +138,10 @@ def read_events(run_dir):
     return sorted(out, key=lambda e: e["t"])
 
 
-def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
-    dcc = FakeDCC()
-    net = MemoryNetwork(dcc, key=KEY)
-    go = tmp_path / ".go"
-    rts = [NodeRuntime(cfg, net.transport(cfg.name)) for cfg in node_configs(tmp_path)]
+def run_experiment(dcc, net, cfgs, go, servers, client_timeout) -> tuple[dict, dict, list]:
+    """Run every node's run_node in a thread, go once the DCC knows ``servers`` (as the
+    runner does), wait for the client h1, stop everyone; returns (exit codes, threads, runtimes)."""
+    rts = [NodeRuntime(cfg, net.transport(cfg.name)) for cfg in cfgs]
     codes: dict[str, int] = {}
 
     def run(rt):
@@ -152,12 +151,11 @@ def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
     try:
         for t in threads.values():
             t.start()
-        # as the runner does: go once the DCC knows every data node (and the MPVU)
-        wait_for(lambda: {"h2", "h3", "h4", "h5"} <= set(dcc.knowledge), 20,
-                 "knowledge reports from h2..h5", last=lambda: sorted(dcc.knowledge))
+        wait_for(lambda: servers <= set(dcc.knowledge), 20, f"knowledge reports from {sorted(servers)}",
+                 last=lambda: sorted(dcc.knowledge))
         go.touch()
-        threads["h1"].join(25)
-        assert not threads["h1"].is_alive(), "the client did not finish its task within 25 s"
+        threads["h1"].join(client_timeout)
+        assert not threads["h1"].is_alive(), f"the client did not finish within {client_timeout} s"
     finally:
         for rt in rts:
             rt.stopping.set()
@@ -166,6 +164,15 @@ def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
         for rt in rts:
             rt.close()
     assert not [n for n, t in threads.items() if t.is_alive()], "nodes still running after stopping"
+    return codes, threads, rts
+
+
+def test_a_task_reaches_its_target_in_process(tmp_path, torch_threads):
+    dcc = FakeDCC()
+    net = MemoryNetwork(dcc, key=KEY)
+    go = tmp_path / ".go"
+    # as the runner does: go once the DCC knows every data node (and the MPVU)
+    codes, threads, rts = run_experiment(dcc, net, node_configs(tmp_path), go, {"h2", "h3", "h4", "h5"}, 25)
     assert codes == {n: 0 for n in NODES}
     assert net.errors == []
 
@@ -226,23 +233,7 @@ def test_model_deployed_to_an_inference_server_answers_a_workload(tmp_path, torc
                   inference=InferenceSpec(max_batch=8, max_wait_ms=30).model_dump(),
                   workloads=[wl.model_dump()])
     cfgs = [NodeConfig(name=n, ip=common["hosts"][n], roles=r, **common) for n, r in INF_NODES.items()]
-    rts = [NodeRuntime(cfg, net.transport(cfg.name)) for cfg in cfgs]
-    threads = {rt.name: threading.Thread(target=run_node, args=(rt, go), daemon=True, name=rt.name)
-               for rt in rts}
-    try:
-        for t in threads.values():
-            t.start()
-        wait_for(lambda: {"h2", "h3", "h4", "h5"} <= set(dcc.knowledge), 20, "knowledge reports")
-        go.touch()
-        threads["h1"].join(40)
-        assert not threads["h1"].is_alive(), "the client did not finish within 40 s"
-    finally:
-        for rt in rts:
-            rt.stopping.set()
-        for t in threads.values():
-            t.join(10)
-        for rt in rts:
-            rt.close()
+    run_experiment(dcc, net, cfgs, go, {"h2", "h3", "h4", "h5"}, 40)
     assert net.errors == []
     events = read_events(tmp_path)
     hosted, = [e for e in events if e["kind"] == "model_hosted"]
