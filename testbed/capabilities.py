@@ -26,6 +26,8 @@ class Capabilities:
     htb: bool
     bpf_loss: bool
     tools: dict
+    ns3: bool = False           # the ns3 link backend can run (library built against the wheel)
+    ns3_detail: str = ""
 
     @property
     def datapath(self) -> str:
@@ -41,10 +43,12 @@ class Capabilities:
             "loss": "tc netem" if self.netem else ("tc htb + cls_bpf random drop" if self.bpf_loss
                                                     else "unavailable: no netem and no cls_bpf"),
             "delay": "tc netem" if self.netem else
-            "unavailable: no sch_netem in this kernel (links with delay are refused; the ns-3 "
-            "link backend will provide delay)",
+            ("ns-3 (links.backend auto: links with delay use the ns3 backend)" if self.ns3 else
+             "unavailable: no sch_netem in this kernel and the ns3 backend is not usable "
+             "(links with delay are refused)"),
             "capture": "tcpdump" if self.tools.get("tcpdump") else "unavailable: no tcpdump",
-            "ns3": "not integrated yet",
+            "ns3": f"available: point-to-point links with rate, delay and loss ({self.ns3_detail})"
+            if self.ns3 else f"unavailable: {self.ns3_detail}",
         }
 
     def to_dict(self) -> dict:
@@ -80,7 +84,10 @@ def _ovs_kernel_module() -> bool:
 def probe() -> Capabilities:
     from testbed.shaping import loss_bpf_bytecode
 
+    from testbed.network import ns3_available
+
     root = os.geteuid() == 0
+    ns3_ok, ns3_why = ns3_available()
     tools = {t: bool(shutil.which(t)) for t in ("ovs-vsctl", "tcpdump", "tshark", "iperf3", "ethtool", "mnexec")}
     ovs_ok, ovs_ver = False, ""
     if tools["ovs-vsctl"]:
@@ -88,10 +95,10 @@ def probe() -> Capabilities:
         ovs_ok = r.returncode == 0
         ovs_ver = r.stdout.strip().strip('"')
     if not root:
-        return Capabilities(False, ovs_ok, ovs_ver, False, False, False, False, tools)
+        return Capabilities(False, ovs_ok, ovs_ver, False, False, False, False, tools, ns3_ok, ns3_why)
     htb = _probe_ns(["tc qdisc add dev pa root handle 1: htb default 1",
                      "tc class add dev pa parent 1: classid 1:1 htb rate 10mbit"])
     netem = _probe_ns(["tc qdisc add dev pa root netem delay 1ms"])
     bpf = _probe_ns(["tc qdisc add dev pa root handle 1: htb default 1",
                      f"tc filter add dev pa parent 1: bpf bytecode \"{loss_bpf_bytecode(10)}\" da"])
-    return Capabilities(True, ovs_ok, ovs_ver, _ovs_kernel_module(), netem, htb, bpf, tools)
+    return Capabilities(True, ovs_ok, ovs_ver, _ovs_kernel_module(), netem, htb, bpf, tools, ns3_ok, ns3_why)

@@ -23,17 +23,26 @@ def cmd_check(a) -> int:
     from testbed.spec import SpecError, check_data, load_spec
     spec, topo = load_spec(a.spec, a.set)
     check_data(spec, a.spec)
-    delayed = [f"{ln.a}-{ln.b}" for ln in topo.links if ln.delay_ms]
     note = ""
-    if delayed and os.geteuid() == 0:
+    if os.geteuid() == 0:
         from testbed.capabilities import probe
-        if not probe().netem:
-            raise SpecError(a.spec, "links", f"links {delayed[:5]} ask for delay but this kernel has no "
-                                             f"sch_netem, so `daitn run` would refuse it; use "
-                                             f"--set links.delay=0 --set links.override=true")
-    elif delayed:
-        note = (f"\nnote: {len(delayed)} links ask for delay; whether this machine can emulate it is "
-                f"probed as root (daitn check as root, or daitn run)")
+        from testbed.network import link_backends
+        netem = probe().netem
+        backends = link_backends(topo, spec.links.backend, netem)
+        refused = [f"{ln.a}-{ln.b}" for ln, be in zip(topo.links, backends)
+                   if ln.delay_ms and be == "tc" and not netem]
+        if refused:
+            raise SpecError(a.spec, "links", f"links {refused[:5]} ask for delay on the tc backend but "
+                                             f"this kernel has no sch_netem, so `daitn run` would refuse "
+                                             f"it; let ns-3 emulate them (--set links.backend=auto) or "
+                                             f"use --set links.delay=0 --set links.override=true")
+        n3 = backends.count("ns3")
+        if n3:
+            note = f"\nnote: {n3} links are emulated by ns-3 (links.backend={spec.links.backend})"
+    elif any(ln.delay_ms for ln in topo.links):
+        delayed = [ln for ln in topo.links if ln.delay_ms]
+        note = (f"\nnote: {len(delayed)} links ask for delay; which backend emulates it (netem or "
+                f"ns-3) is probed as root (daitn check as root, or daitn run)")
     print(f"{a.spec}: OK - {spec.name}: {topo.name} with {len(topo.switches)} switches, "
           f"{len(topo.hosts)} hosts, {len(topo.links)} links; {len(spec.hosts_with('data'))} data nodes, "
           f"{len(spec.tasks)} task(s){note}")

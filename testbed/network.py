@@ -6,6 +6,13 @@ kernel datapath when the kernel has the openvswitch module, else userspace
 carries ``external_ids:daitn-run=<run id>`` so clean-up removes only ours.
 Port numbers are assigned explicitly (link order) and exported as a
 :class:`controllers.fabric.Fabric` for the DCC to cross-check discovery.
+
+Each link has a backend (:func:`link_backends`): ``tc`` links are Mininet veth
+pairs shaped by HTB (:mod:`testbed.shaping`); ``ns3`` links are not made in
+Mininet at all: each end is a tap from one :class:`testbed.ns3link.Ns3Links`
+process (host end: moved into the host's namespace as ``hN-eth0``; switch end:
+``sN-ethP`` in the root namespace, added to the bridge as OpenFlow port P), so
+names and port numbers are the same whichever backend carries a link.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ import re
 import subprocess
 from contextlib import ExitStack, contextmanager
 from functools import partial
+from pathlib import Path
 
 from controllers.fabric import Fabric, HostPort
 from testbed.capabilities import Capabilities
@@ -102,6 +110,38 @@ def plan_ports(topo: Topology) -> list[tuple[str, int, str, int]]:
     return out
 
 
+def link_backends(topo: Topology, default: str, netem: bool) -> list[str]:
+    """The backend ("tc" or "ns3") of every link, in link order.
+
+    A link's own ``backend`` wins, else ``default``; ``auto`` means ns3 for a link
+    that asks for delay on a kernel without netem (tc cannot delay there), tc
+    otherwise. Whether the chosen backend can run here is :meth:`EmulatedNetwork.preflight`'s
+    business, not this function's.
+    """
+    if default not in ("auto", "tc", "ns3"):
+        raise ValueError(f"links.backend must be auto, tc or ns3, got {default!r}")
+    out = []
+    for ln in topo.links:
+        b = ln.backend or default
+        if b == "auto":
+            b = "ns3" if ln.delay_ms and not netem else "tc"
+        out.append(b)
+    return out
+
+
+def ns3_available() -> tuple[bool, str]:
+    """(usable, why): the ns3 link backend needs its library compiled against the wheel."""
+    from testbed.ns3link import build
+    try:
+        lib = build.library_path()
+    except build.BuildError as e:
+        return False, str(e)
+    if not lib.exists():
+        return False, (f"the ns3link library is not built ({lib} missing): run `sudo make setup` "
+                       f"or `python -m testbed.ns3link.build`")
+    return True, f"library {lib}"
+
+
 def fabric_of(topo: Topology, extra: dict | None = None) -> Fabric:
     """The fabric the DCC should find: dpids, switch-link ports, host attachment."""
     ports = plan_ports(topo)
@@ -118,28 +158,50 @@ class EmulatedNetwork:
     """Context manager: builds and starts the network, always stops it."""
 
     def __init__(self, topo: Topology, run_id: str, caps: Capabilities, controller_port: int,
-                 log=print):
+                 log=print, backend: str = "auto", run_dir: str | Path | None = None,
+                 ns3_max_lag_ms: float | None = None):
         self.topo = topo
         self.run_id = run_id
         self.caps = caps
         self.controller_port = controller_port
         self.log = log
+        self.backend = backend
+        self.backends = link_backends(topo, backend, caps.netem)
+        # ns-3 writes its config, status, log and pcaps here (a run's directory)
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.ns3_max_lag_ms = ns3_max_lag_ms
+        self.ns3 = None
         self.net = None
+
+    def link_table(self) -> list[dict]:
+        """Every link as emulated: ends, backend and parameters (for manifest.json)."""
+        return [{"a": ln.a, "b": ln.b, "backend": be, "bw": ln.bw_mbit, "delay": ln.delay_ms,
+                 "loss": ln.loss_pct} for ln, be in zip(self.topo.links, self.backends)]
 
     def preflight(self):
         """Refuse, before creating anything, what this machine cannot emulate faithfully."""
         if not self.caps.ovs_running:
             raise NetworkError("Open vSwitch is not running: run `sudo make setup` (starts ovs-ctl)")
-        for ln in self.topo.links:
+        for ln, be in zip(self.topo.links, self.backends):
+            if be == "ns3":
+                continue
             if ln.delay_ms and not self.caps.netem:
                 raise NetworkError(
-                    f"link {ln.a}-{ln.b} asks for delay {ln.delay_ms} ms but this kernel has no "
-                    f"sch_netem, so delay cannot be emulated faithfully. Remove the delay (`--set "
-                    f"links.delay=0 --set links.override=true` replaces every link's delay, e.g. "
-                    f"topohub's propagation delays) or run in the Vagrant VM, whose kernel has netem")
+                    f"link {ln.a}-{ln.b} asks for delay {ln.delay_ms} ms on the tc backend but this "
+                    f"kernel has no sch_netem, so tc cannot delay it. Let ns-3 emulate it (`--set "
+                    f"links.backend=auto`, the default, or `backend: ns3` on the link), remove the "
+                    f"delay (`--set links.delay=0 --set links.override=true` replaces every link's "
+                    f"delay, e.g. topohub's propagation delays) or run in the Vagrant VM, whose "
+                    f"kernel has netem")
             if ln.loss_pct and not (self.caps.netem or self.caps.bpf_loss):
                 raise NetworkError(f"link {ln.a}-{ln.b} asks for loss but neither netem nor "
                                    f"cls_bpf is available")
+        if "ns3" in self.backends:
+            ok, why = ns3_available()
+            if not ok:
+                ns3_links = [f"{ln.a}-{ln.b}" for ln, be in zip(self.topo.links, self.backends) if be == "ns3"]
+                raise NetworkError(f"links {ns3_links[:5]} use the ns3 backend, which is not usable "
+                                   f"here: {why}")
         taken = existing_bridges() & set(self.topo.switches)
         if taken:
             raise NetworkError(
@@ -205,7 +267,9 @@ class EmulatedNetwork:
             net.addSwitch(s, dpid="%016x" % dpid_of(s))
         for h in self.topo.hosts:
             net.addHost(h, ip=f"{host_ip(h)}/8", mac=host_mac(h))
-        for a, ap, b, bp in plan_ports(self.topo):
+        for (a, ap, b, bp), be in zip(plan_ports(self.topo), self.backends):
+            if be == "ns3":
+                continue    # made by _start_ns3: two taps, ns-3 in between
             net.addLink(a, b, port1=ap, port2=bp)
             for node, port in ((a, ap), (b, bp)):
                 if is_switch(node):
@@ -217,7 +281,7 @@ class EmulatedNetwork:
         for h in net.hosts:
             # No IPv6 chatter (router solicitations) on an IPv4 fabric.
             h.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
-            if self.caps.datapath == "user":
+            if self.caps.datapath == "user" and h.defaultIntf():
                 # Userspace datapath + veth: TCP breaks unless TX checksum offload is off.
                 h.cmd(f"ethtool -K {h.defaultIntf()} tx off")
         for sw in net.switches:
@@ -230,7 +294,62 @@ class EmulatedNetwork:
         # Shape only after net.start(): adding a port to a bridge makes OVS reset
         # its qdisc (it owns QoS on its ports), which wiped shaping done before.
         self._shape()
+        self._start_ns3()
         self._attach_controller()
+
+    def _start_ns3(self):
+        """Start the run's one ns-3 process with a tap per end of every ns3 link,
+        and plug the switch ends into their bridges as the planned port numbers."""
+        from testbed.ns3link import DEFAULT_MAX_LAG_MS, LinkSpec, Ns3Links, TapEnd
+
+        plan = [(ln, ports) for ln, ports, be in zip(self.topo.links, plan_ports(self.topo), self.backends)
+                if be == "ns3"]
+        if not plan:
+            return
+        if self.run_dir is None:
+            raise NetworkError("ns3 links need a run directory for ns-3's config, log and pcaps "
+                               "(EmulatedNetwork(..., run_dir=))")
+
+        def end(node: str, port: int) -> TapEnd:
+            if is_host(node):
+                h = self.net.get(node)
+                return TapEnd(self.intf_name(node, port), netns=h.pid, mac=host_mac(node),
+                              addrs=(f"{host_ip(node)}/8",))
+            return TapEnd(self.intf_name(node, port))
+
+        specs = [LinkSpec(f"{a}-{b}", a=end(a, ap), b=end(b, bp), rate_mbps=ln.bw_mbit,
+                          delay_ms=ln.delay_ms or 0.0, loss_pct=ln.loss_pct or 0.0)
+                 for ln, (a, ap, b, bp) in plan]
+        lag = self.ns3_max_lag_ms if self.ns3_max_lag_ms is not None else DEFAULT_MAX_LAG_MS
+        self.ns3 = Ns3Links(specs, self.run_dir, self.run_id, max_lag_ms=lag)
+        self.ns3.start()
+        self.log(f"ns-3 runs {len(specs)} link(s) ({', '.join(s.name for s in specs)}), pid {self.ns3.pid}, "
+                 f"started in {self.ns3.startup_s:.2f} s")
+        args = ["ovs-vsctl"]
+        for ln, (a, ap, b, bp) in plan:
+            for node, port in ((a, ap), (b, bp)):
+                intf = self.intf_name(node, port)
+                if is_switch(node):
+                    _sh(["ip", "link", "set", "dev", intf, "alias", f"{RUN_TAG}={self.run_id}"])
+                    _sh(["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"])
+                    args += ["--", "add-port", node, intf, "--", "set", "Interface", intf,
+                             f"ofport_request={port}"]
+                    cmd = ["ethtool", "-K", intf, "tx", "off"]
+                else:
+                    cmd = ["nsenter", f"--net=/proc/{self.net.get(node).pid}/ns/net", "--",
+                           "ethtool", "-K", intf, "tx", "off"]
+                if self.caps.datapath == "user":
+                    # As for veths: no TX checksum offload towards the userspace datapath.
+                    r = _sh(cmd)
+                    if r.returncode:
+                        raise NetworkError(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")
+        r = _sh(args)
+        if r.returncode:
+            raise NetworkError(f"could not add the ns-3 taps to their bridges: {r.stderr.strip()}")
+
+    def ns3_failure(self):
+        """The ns-3 link process's failure (died, or fell behind real time), else None."""
+        return self.ns3.failure if self.ns3 is not None else None
 
     def _attach_controller(self, timeout: float = 30.0):
         """Wait until every bridge shows all its ports, then point it at the DCC."""
@@ -267,8 +386,9 @@ class EmulatedNetwork:
         return f"{node}-eth{port}"
 
     def _shape(self):
-        for ln, ports in zip(self.topo.links, plan_ports(self.topo)):
-            self._shape_link(ln, ports)
+        for ln, ports, be in zip(self.topo.links, plan_ports(self.topo), self.backends):
+            if be == "tc":      # ns-3 shapes its own links
+                self._shape_link(ln, ports)
 
     def _shape_link(self, ln, ports, drop_loss_filter: bool = False, reshape: bool = False):
         a, ap, b, bp = ports
@@ -290,6 +410,9 @@ class EmulatedNetwork:
         plan = plan_ports(self.topo)
         for i, (ln, ports) in enumerate(zip(self.topo.links, plan)):
             if {ln.a, ln.b} == {a, b}:
+                if self.backends[i] == "ns3":
+                    raise NetworkError(f"link {a}-{b} is emulated by ns-3, whose links cannot be "
+                                       f"changed while running yet; give it `backend: tc` to change it")
                 new = dataclasses.replace(ln, bw_mbit=bw if bw is not None else ln.bw_mbit,
                                           loss_pct=loss if loss is not None else ln.loss_pct)
                 shaped = bool(ln.bw_mbit or ln.loss_pct or ln.delay_ms)
@@ -317,6 +440,9 @@ class EmulatedNetwork:
                 stack.close()
 
     def _stop(self):
+        if self.ns3 is not None:
+            # First: its taps vanish with it, before their bridges and namespaces go.
+            self.ns3.stop()
         if self.net is None:
             return
         net, self.net = self.net, None

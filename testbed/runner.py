@@ -25,7 +25,7 @@ from testbed.api import TOKEN_FILE, ApiClient, ApiError
 from testbed.capabilities import probe
 from testbed.controller import REPO_ROOT, ControllerProcess, free_port
 from testbed.network import (EmulatedNetwork, NetworkError, emulation_lock, fabric_of, host_ip,
-                             plan_ports)
+                             link_backends, plan_ports)
 from testbed.spec import Spec, check_data, load_spec
 from testbed.wait import wait_for
 from topologies.model import Topology
@@ -244,7 +244,14 @@ class Timeline:
             self.ev("node_crashed", node=e.node, pid=pids[e.node], at_s=e.at_s)
 
 
-def manifest(spec: Spec, run_id: str, caps, spec_path: str) -> dict:
+def _check_ns3(net: EmulatedNetwork):
+    """Fail the run if the ns-3 link process died or fell behind real time."""
+    err = net.ns3_failure()
+    if err is not None:
+        raise RunError(f"the ns-3 links failed, so this run's results are not valid: {err}") from None
+
+
+def manifest(spec: Spec, topo: Topology, run_id: str, caps, spec_path: str) -> dict:
     import importlib.metadata as md
 
     def ver(pkg):
@@ -261,6 +268,10 @@ def manifest(spec: Spec, run_id: str, caps, spec_path: str) -> dict:
         "versions": {p: ver(p) for p in ("torch", "os-ken", "scapy", "topohub", "networkx", "numpy",
                                          "scikit-learn", "mininet")},
         "capabilities": caps.to_dict(),
+        # which backend emulated each link (links.backend and per-link `backend`, resolved)
+        "links": [{"a": ln.a, "b": ln.b, "backend": be, "bw": ln.bw_mbit, "delay": ln.delay_ms,
+                   "loss": ln.loss_pct}
+                  for ln, be in zip(topo.links, link_backends(topo, spec.links.backend, caps.netem))],
     }
 
 
@@ -275,7 +286,7 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
     # be emulated (delay without netem, taken names) before anything, even the
     # run directory, is created.
     with emulation_lock(say):
-        EmulatedNetwork(topo, run_id, caps, 0).preflight()
+        EmulatedNetwork(topo, run_id, caps, 0, backend=spec.links.backend).preflight()
         return _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims)
 
 
@@ -290,7 +301,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
     key_path = run_dir / KEY_FILE
     key_path.touch(mode=0o600)
     key_path.write_bytes(secrets.token_bytes(32))
-    man = manifest(spec, run_id, caps, str(spec_path))
+    man = manifest(spec, topo, run_id, caps, str(spec_path))
     (run_dir / "manifest.json").write_text(json.dumps(man, indent=1))
     os.environ["DAITN_RUN"] = run_id  # Mininet host shells inherit the tag
     runner_events = []
@@ -312,7 +323,8 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                                                         lldp_interval=spec.controller.lldp_interval_s,
                                                         key_file=key_path))
             t0 = time.time()
-            net = stack.enter_context(EmulatedNetwork(topo, run_id, caps, ctl.port, log=say))
+            net = stack.enter_context(EmulatedNetwork(topo, run_id, caps, ctl.port, log=say,
+                                                      backend=spec.links.backend, run_dir=run_dir))
             net_info["setup_seconds"] = round(time.time() - t0, 3)
             ev("network_up", seconds=net_info["setup_seconds"])
             say(f"network up in {net_info['setup_seconds']:.1f} s; waiting for the DCC to learn the topology")
@@ -332,6 +344,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                     raise RunError(f"node processes exited early; see {run_dir/'logs'}")
                 if not ctl.alive():
                     raise RunError(f"the controller died; see {ctl.log_path}")
+                _check_ns3(net)
                 return reporting <= set(ctl.state().get("knowledge", {}))
 
             wait_for(known, 120, "knowledge reports from every node at the DCC",
@@ -356,6 +369,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                         say(f"DRRT/QRRT not readable: {err}")
                 if not ctl.alive():
                     raise RunError(f"the controller died; see {ctl.log_path}")
+                _check_ns3(net)
                 if time.time() > deadline:
                     raise RunError("tasks did not finish within their deadline + 90 s; see logs/")
                 time.sleep(0.2)
@@ -370,6 +384,12 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             net_info["flows_installed_by_dcc"] = st_end.get("flows_installed")
             net_info["flows_deleted_by_dcc"] = st_end.get("flows_deleted")
             net_info["flows_current_by_dcc"] = st_end.get("flows_current")
+            if net.ns3 is not None:
+                net.ns3.stop()      # its lag verdict covers the whole run, to the last frame
+                _check_ns3(net)
+                rep = net.ns3.report
+                if rep is not None:
+                    net_info["ns3_max_lag_ms"] = round(rep.max_ms, 3)
             errs = ctl.logged_exceptions()
             if errs:
                 ev("controller_errors", lines=errs[:20])

@@ -33,10 +33,15 @@ class _Strict(BaseModel):
 class LinkDefaults(_Strict):
     """Applied to every link whose topology does not set the parameter."""
     bw: float | None = Field(None, gt=0, description="Mbit/s")
-    delay: float | None = Field(None, ge=0, description="one-way delay, ms (needs netem)")
+    delay: float | None = Field(None, ge=0, description="one-way delay, ms (netem, or ns-3 where "
+                                                          "the kernel has no netem)")
     loss: float | None = Field(None, ge=0, le=100, description="random loss per direction, %")
     override: bool = Field(False, description="replace the topology's own link values (e.g. "
                                               "topohub propagation delays) instead of filling unset ones")
+    backend: Literal["auto", "tc", "ns3"] = Field(
+        "auto", description="what emulates a link whose topology entry names no backend: tc (veth + "
+                            "HTB), ns3 (taps joined by ns-3), auto (ns3 for a link with delay on a "
+                            "kernel without netem, else tc)")
 
 
 class SyntheticSpec(_Strict):

@@ -36,12 +36,17 @@ def dpid_of(switch: str) -> int:
     return int(m.group(1))
 
 
+LINK_BACKENDS = (None, "tc", "ns3")   # None: the spec's links.backend (default auto) decides
+
+
 @dataclass(frozen=True)
 class Link:
     """An undirected link; shaping applies to both directions.
 
     ``bw_mbit``: rate limit in Mbit/s (None: unshaped). ``delay_ms``: one-way
     delay. ``loss_pct``: random loss per direction, in percent (0..100).
+    ``backend``: what emulates the link - ``tc`` (a veth shaped by HTB), ``ns3``
+    (two taps joined by ns-3) or None (the spec's ``links.backend`` decides).
     """
 
     a: str
@@ -49,6 +54,7 @@ class Link:
     bw_mbit: float | None = None
     delay_ms: float | None = None
     loss_pct: float | None = None
+    backend: str | None = None
 
     def endpoints(self) -> tuple[str, str]:
         return (self.a, self.b)
@@ -150,6 +156,9 @@ class Topology:
                 raise TopologyError(f"{lw}: delay must be >= 0 ms, got {ln.delay_ms}")
             if ln.loss_pct is not None and not 0 <= ln.loss_pct <= 100:
                 raise TopologyError(f"{lw}: loss must be in 0..100 %, got {ln.loss_pct}")
+            if ln.backend not in LINK_BACKENDS:
+                raise TopologyError(f"{lw}: backend must be one of {', '.join(b for b in LINK_BACKENDS if b)}, "
+                                    f"got {ln.backend!r}")
         degree: dict[str, int] = {}
         for ln in self.links:
             degree[ln.a] = degree.get(ln.a, 0) + 1

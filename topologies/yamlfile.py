@@ -8,6 +8,7 @@ Format (``name``, ``hosts``, ``labels`` and ``positions`` are optional)::
     links:
       - {a: h1, b: s1}
       - {a: s1, b: s2, bw: 10, delay: 5, loss: 1}   # bw Mbit/s, delay ms, loss %
+      - {a: s2, b: s3, delay: 10, backend: ns3}      # emulated by ns-3 (or tc); default: links.backend
     labels: {s1: Berlin}
     positions: {s1: [13.4, 52.5]}
 """
@@ -20,7 +21,8 @@ import yaml
 from .model import Link, Topology, TopologyError
 
 TOP_KEYS = {"name", "switches", "hosts", "links", "labels", "positions"}
-LINK_KEYS = {"a": "a", "b": "b", "bw": "bw_mbit", "delay": "delay_ms", "loss": "loss_pct"}
+LINK_KEYS = {"a": "a", "b": "b", "bw": "bw_mbit", "delay": "delay_ms", "loss": "loss_pct",
+             "backend": "backend"}
 
 
 def _number(x) -> bool:
@@ -72,7 +74,9 @@ def load_yaml(path) -> Topology:
         for key in ("bw", "delay", "loss"):
             if key in ln and not _number(ln[key]):
                 fail(f"link {i} field {key!r} must be a number, got {ln[key]!r}")
-        links.append(Link(**{LINK_KEYS[k]: v if k in ("a", "b") else float(v)
+        if "backend" in ln and ln["backend"] not in ("tc", "ns3"):
+            fail(f"link {i} field 'backend' must be tc or ns3, got {ln['backend']!r}")
+        links.append(Link(**{LINK_KEYS[k]: v if k in ("a", "b", "backend") else float(v)
                              for k, v in ln.items()}))
     labels = doc.get("labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):

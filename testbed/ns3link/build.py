@@ -46,7 +46,7 @@ class BuildError(RuntimeError):
 def ns3_root() -> Path:
     """The wheel's ns3/ directory (include/, lib64/)."""
     try:
-        root = Path(md.distribution("ns3").locate_file("ns3"))
+        root = Path(md.distribution("ns3").locate_file("ns3")).resolve()
     except md.PackageNotFoundError as e:
         raise BuildError(f"the ns3 wheel is not installed in {sys.prefix}; "
                          f"run: {sys.executable} -m pip install ns3=={NS3_PIN}") from e
@@ -81,14 +81,20 @@ def key() -> str:
     h = hashlib.sha256()
     cxx = compiler()
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[:1]
-    for part in (md.version("ns3"), str(ns3_root()), cxx, *version, " ".join(command(Path("OUT"))),
-                 SOURCE.read_text()):
+    # Paths resolved and the source's path left out: checkouts (git worktrees)
+    # sharing one venv and one source text share one library.
+    cmd = " ".join(command(Path("OUT"))).replace(str(SOURCE), "SOURCE")
+    for part in (md.version("ns3"), str(ns3_root()), cxx, *version, cmd, SOURCE.read_text()):
         h.update(part.encode() + b"\0")
     return h.hexdigest()[:16]
 
 
+LIB_DIR_ENV = "DAITN_NS3LINK_DIR"   # where the library lives, if not under the venv
+
+
 def library_path() -> Path:
-    return Path(sys.prefix) / "share" / "daitn" / "ns3link" / f"libns3link-{key()}.so"
+    base = os.environ.get(LIB_DIR_ENV) or Path(sys.prefix) / "share" / "daitn" / "ns3link"
+    return Path(base) / f"libns3link-{key()}.so"
 
 
 def build(force: bool = False, log=print) -> Path:

@@ -80,7 +80,7 @@ def test_abilene_pingall_with_delays_removed(tmp_path, caps, emu):
         assert ctl.state()["link_check"] == {"missing": [], "unexpected": []}
 
 
-def test_abilene_with_delays_refused_without_netem(caps, emu):
+def test_abilene_with_delays_refused_on_tc_without_netem(caps, emu):
     if caps.netem:
         pytest.skip("this kernel has sch_netem: delays are emulated, not refused")
     topo = by_name("sndlib/abilene").validate()
@@ -88,7 +88,8 @@ def test_abilene_with_delays_refused_without_netem(caps, emu):
     run_id = emu.new_run_id()
     before = existing_bridges()
     with emu.run_env(run_id):
-        net = EmulatedNetwork(topo, run_id, caps, free_port(), log=lambda *_: None)
+        net = EmulatedNetwork(topo, run_id, caps, free_port(), log=lambda *_: None,
+                              backend="tc")  # auto would use ns-3
         with pytest.raises(NetworkError) as err:
             with net:
                 pytest.fail("EmulatedNetwork built a network whose delays it cannot emulate")

@@ -136,13 +136,14 @@ def test_loss_matches_link_loss_and_is_silent_to_the_sender(tmp_path, caps, emu)
         assert dropped > 0, stats
 
 
-def test_link_with_delay_refused_without_netem(caps, emu):
+def test_link_with_delay_refused_on_tc_without_netem(caps, emu):
     if caps.netem:
         pytest.skip("this kernel has sch_netem: delay is emulated, not refused")
     topo = two_switches(delay_ms=5)
     run_id = emu.new_run_id()
     with emu.run_env(run_id):
-        net = EmulatedNetwork(topo, run_id, caps, free_port(), log=lambda *_: None)
+        net = EmulatedNetwork(topo, run_id, caps, free_port(), log=lambda *_: None,
+                              backend="tc")  # auto would use ns-3
         with pytest.raises(NetworkError, match=r"link s1-s2 .*netem"):
             with net:
                 pytest.fail("EmulatedNetwork built a network with a delay it cannot emulate")
