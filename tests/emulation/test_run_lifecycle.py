@@ -81,8 +81,10 @@ def test_delay_without_netem_is_refused_before_anything_starts(tmp_path):
         pytest.skip("this kernel has netem: delay is emulated, not refused")
     before = subprocess.run(["ovs-vsctl", "list-br"], capture_output=True, text=True).stdout
     out = tmp_path / "run"
+    # backend tc: delay needs netem there (auto would carry the delay through ns-3)
     r = subprocess.run(DAITN + ["run", str(REPO / "experiments/quickstart.yaml"), "--out", str(out),
-                                "--set", "links.delay=5"], capture_output=True, text=True, timeout=60, cwd=REPO)
+                                "--set", "links.delay=5", "--set", "links.backend=tc"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 3, r.stderr
     assert "netem" in r.stderr and "delay" in r.stderr and "link" in r.stderr
     assert "Traceback" not in r.stderr
