@@ -205,3 +205,48 @@ def test_dcc_places_the_replica_near_the_query_source(tmp_path):
     assert [e["src"] for e in hosted] == ["h3"]
     w = next(e for e in events if e["kind"] == "workload_result")
     assert w["answered"] == 40 and w["by_server"] == {"h3": 40}, w
+
+
+def test_reserved_bandwidth_installs_openflow_meters(tmp_path):
+    """controller.reserve_mbps: each hop's flows go through an OpenFlow meter (a
+    drop band at the reserved rate) on the path's switches while the hop lasts,
+    and no meter outlives the task. Slow trainers keep hops open long enough to see."""
+    import subprocess
+    import time as _time
+
+    from tests.emulation.test_ai_traffic import background_run
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "meters", "seed": 1, "topology": {"generator": "tree", "params": {"depth": 2, "fanout": 3}},
+        "links": {"bw": 100}, "controller": {"reserve_mbps": 20},
+        "nodes": {"h1": ["client"], "h2": ["data"], "h4": ["data"], "h9": ["mpvu"]},
+        "hosts": {"h2": {"capacity": 0.2}, "h4": {"capacity": 0.2}},
+        "data": {"partition": "iid"},
+        "tasks": [{"id": 1, "client": "h1", "target_accuracy": 0.8, "deadline_s": 60, "max_laps": 4}]}))
+
+    def meters(sw):
+        r = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-meters", sw], capture_output=True, text=True)
+        return [ln for ln in r.stdout.splitlines() if "rate=" in ln] if r.returncode == 0 else []
+
+    def metered_flows(sw):
+        r = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", sw], capture_output=True, text=True)
+        return [ln for ln in r.stdout.splitlines() if "meter:" in ln] if r.returncode == 0 else []
+
+    seen, flows = [], []
+    out = tmp_path / "run"
+    with background_run(out, spec=spec) as run:
+        run.wait_started()
+        while run.alive() and not seen:
+            for sw in ("s1", "s2", "s3", "s4"):
+                m = meters(sw)
+                if m:
+                    seen, flows = m, metered_flows(sw)
+                    break
+            _time.sleep(0.2)
+        rc = run.wait()
+    assert rc == 0, run.text()[-3000:]
+    assert seen, "no OpenFlow meter was ever installed"
+    assert all("rate=20000" in ln for ln in seen), seen
+    assert flows and all("ip_dscp=" in ln or "nw_tos=" in ln for ln in flows), flows
+    dumps = "".join(p.read_text() for p in (out / "flows").glob("*.txt"))
+    assert "meter:" not in dumps, "a metered hop flow outlived the task"
