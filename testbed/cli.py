@@ -105,23 +105,33 @@ def cmd_clean(a) -> int:
     return 0
 
 
-def cmd_maps(a) -> int:
-    """The DRRT/QRRT of a run: live from its DCC while it runs, else its maps.json."""
+def _live_or_saved(cmd: str, run_dir: Path, resources: tuple[str, ...], saved: str, pick):
+    """``resources`` from a running DCC's API, else ``pick(json of RUN/saved)`` once the run
+    has ended; returns (views by resource, where they came from), or None after saying why."""
     from testbed.api import ApiClient, ApiError
 
-    run_dir = Path(a.run_dir)
     if not run_dir.is_dir():
-        print(f"daitn maps: {run_dir} is not a run directory", file=sys.stderr)
-        return 2
+        print(f"daitn {cmd}: {run_dir} is not a run directory", file=sys.stderr)
+        return None
     try:
-        snap, source = ApiClient.for_run(run_dir).get("maps"), "live from the DCC"
+        api = ApiClient.for_run(run_dir)
+        return {k: api.get(k) for k in resources}, "live from the DCC"
     except ApiError as live_err:
         try:
-            snap, source = json.loads((run_dir / "maps.json").read_text()), "maps.json (run ended)"
+            return pick(json.loads((run_dir / saved).read_text())), f"{saved} (run ended)"
         except (OSError, ValueError) as e:
-            print(f"daitn maps: no live DCC ({live_err}) and no readable {run_dir}/maps.json ({e})",
+            print(f"daitn {cmd}: no live DCC ({live_err}) and no readable {run_dir}/{saved} ({e})",
                   file=sys.stderr)
-            return 2
+            return None
+
+
+def cmd_maps(a) -> int:
+    """The DRRT/QRRT of a run: live from its DCC while it runs, else its maps.json."""
+    run_dir = Path(a.run_dir)
+    got = _live_or_saved("maps", run_dir, ("maps",), "maps.json", lambda d: {"maps": d})
+    if got is None:
+        return 2
+    snap, source = got[0]["maps"], got[1]
     if a.png:
         from testbed.mapsview import draw_maps
         from testbed.spec import load_spec
@@ -148,24 +158,12 @@ def cmd_maps(a) -> int:
 
 def cmd_status(a) -> int:
     """Tasks, plans, model versions and AI flows of a run: live from its DCC, else from its files."""
-    from testbed.api import ApiClient, ApiError
-
     run_dir = Path(a.run_dir)
-    if not run_dir.is_dir():
-        print(f"daitn status: {run_dir} is not a run directory", file=sys.stderr)
+    keys = ("tasks", "plans", "models", "flows")
+    got = _live_or_saved("status", run_dir, keys, "dcc-state.json", lambda st: {k: st.get(k, {}) for k in keys})
+    if got is None:
         return 2
-    try:
-        api = ApiClient.for_run(run_dir)
-        view = {k: api.get(k) for k in ("tasks", "plans", "models", "flows")}
-        source = "live from the DCC"
-    except ApiError as live_err:
-        try:
-            st = json.loads((run_dir / "dcc-state.json").read_text())
-        except (OSError, ValueError) as e:
-            print(f"daitn status: no live DCC ({live_err}) and no readable dcc-state.json ({e})", file=sys.stderr)
-            return 2
-        view = {k: st.get(k, {}) for k in ("tasks", "plans", "models", "flows")}
-        source = "dcc-state.json (run ended)"
+    view, source = got
     if a.json:
         print(json.dumps(view, indent=1, sort_keys=True))
         return 0
