@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import threading
 import time
 
 from os_ken.base import app_manager
@@ -40,6 +41,7 @@ from controllers.qirce import Query, QueryRouter, ReplicaInfo, place_replicas
 from controllers.tasks import TaskTracker
 from controllers.maps import LinkInfo, MapsError, NetworkMaps
 from controllers.northbound import NorthboundAPI
+from controllers.submissions import SubmissionError, Submissions
 from nodes import wire
 from nodes.transport import Endpoint
 from nodes.wire import Message, MsgType, Role, Tlv, WireError
@@ -116,6 +118,11 @@ class DCCApp(app_manager.OSKenApp):
         self.query_answers: dict[tuple, list] = {}  # (client, query seq, excluded) -> answers (idempotent)
         self.routed = 0
         self.placements: dict[int, Message] = {}
+        # tasks and queries submitted through the API, handed to their clients in
+        # answer to their knowledge reports; the API thread adds, the app reads
+        self.submissions = Submissions(self.fabric.extra.get("roles", {}), self.fabric.extra.get("task_ids", []),
+                                       features=self.fabric.extra.get("features"))
+        self.sub_lock = threading.Lock()
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -130,8 +137,10 @@ class DCCApp(app_manager.OSKenApp):
                                       "plans": lambda: self._published.get("plans", {}),
                                       "models": lambda: self._published.get("models", {}),
                                       "flows": lambda: self._published.get("flows", {}),
-                                      "state": lambda: self._published},
-                                     lambda kind, args: self.send_event(self.name, _ApiCommand(kind, args)))
+                                      "state": lambda: self._published,
+                                      "submissions": self._submissions_view},
+                                     lambda kind, args: self.send_event(self.name, _ApiCommand(kind, args)),
+                                     posts={"tasks": self._api_task, "queries": self._api_query})
             self.api.start()
 
     def _link_infos(self) -> list[LinkInfo]:
@@ -402,6 +411,12 @@ class DCCApp(app_manager.OSKenApp):
 
     @set_ev_cls(_ApiCommand)
     def _api_command(self, ev):
+        if ev.kind == "submitted":
+            self._event("api_submitted", **ev.args)
+            return
+        if ev.kind == "refused":
+            self._event("api_refused", **ev.args)
+            return
         if ev.kind == "link":
             a, b, bw = ev.args["a"], ev.args["b"], ev.args["bw"]
             try:
@@ -537,7 +552,16 @@ class DCCApp(app_manager.OSKenApp):
                 self._event("knowledge_report", node=node, samples=kr.samples,
                             label_hist=list(kr.label_hist), roles=roles, **extra)
             self._write_state()
-            return []
+            if "client" not in roles:
+                return []
+            with self.sub_lock:  # work submitted through the API for this client (hand-off)
+                work = self.submissions.handoffs_for(node, now)
+            for m in work:
+                m.dst = msg.src
+            if work:
+                self._event("handoff", client=node, tasks=[m.task_id for m in work if m.type == MsgType.TRAIN_REQUEST],
+                            queries=[m.seq for m in work if m.type == MsgType.INFERENCE_QUERY])
+            return work
         if msg.type == MsgType.EVAL_VERDICT:
             # the MPVU's verdict joins the model's record (lineage: #5 builds on it)
             v = msg.body
@@ -552,6 +576,9 @@ class DCCApp(app_manager.OSKenApp):
                                                        per_class=list(v.per_class)))
             return []
         if msg.type == MsgType.TRAIN_REQUEST:
+            with self.sub_lock:
+                if self.submissions.task_taken(msg.task_id, time.time()):
+                    self._event("submission_taken", task=msg.task_id, client=node)
             if msg.task_id not in self.answers:
                 self.answers[msg.task_id] = self._plan(msg, node)
             feas, plan = self.answers[msg.task_id]
@@ -563,8 +590,32 @@ class DCCApp(app_manager.OSKenApp):
             return [self._hop(msg, node)]
         if msg.type == MsgType.INFERENCE_QUERY:  # a client asks where to send a query (QIRCE)
             return self._route_query(msg, node)
+        if msg.type in (MsgType.INFERENCE_RESULT, MsgType.ERROR) and not msg.flags & wire.REPLY:
+            # how a query submitted through the API ended, from the client that ran it
+            with self.sub_lock:
+                q = self.submissions.query_of_seq(msg.seq)
+                if q is None or q.client != node:
+                    return [Message(MsgType.ERROR, dst=msg.src, seq=msg.seq,
+                                    body=wire.Error(2, f"no submitted query with seq {msg.seq} for {node}"))]
+                now = time.time()
+                if msg.type == MsgType.INFERENCE_RESULT:
+                    r = msg.body
+                    done = self.submissions.query_ended(msg.seq, now, label=int(r.label),
+                                                        confidence=float(r.confidence), service_ms=float(r.service_ms))
+                else:
+                    done = self.submissions.query_ended(msg.seq, now, error=msg.body.text)
+                view = q.view()
+            if done:
+                self._event("submitted_query_ended", **{k: view[k] for k in (
+                    "id", "client", "model", "status", "server", "label", "confidence", "service_ms", "error",
+                    "latency_ms")})
+            return [Message(MsgType.ACK, dst=msg.src, seq=msg.seq, model_id=msg.model_id, body=wire.Ack())]
         if msg.type == MsgType.TASK_RESULT:  # the client has its model: the task's flows go
             if msg.task_id not in self.finished_tasks:
+                with self.sub_lock:
+                    end = msg.tlvs.get(Tlv.END_REASON)
+                    self.submissions.task_ended(msg.task_id, wire.EndReason(end).name.lower() if end is not None
+                                                else "ended", msg.tlvs.get(Tlv.ACCURACY), time.time())
                 self.finished_tasks.add(msg.task_id)
                 for e in self.tracker.finished(msg.task_id, time.time()):
                     self._event(e.pop("kind"), **e)
@@ -603,6 +654,8 @@ class DCCApp(app_manager.OSKenApp):
                       max_latency_ms=msg.tlvs.get(Tlv.MAX_LATENCY), min_accuracy=msg.tlvs.get(Tlv.MIN_ACCURACY),
                       privacy=privacy)
             d = self.router.route(q, self._snapshot(now), self._replicas(msg.model_id), now, exclude=set(exclude))
+            with self.sub_lock:
+                self.submissions.query_routed(msg.seq, d.server, d.feasible, d.reasons, now)
             self.routed += 1
             if self.routed <= 20 or not d.feasible or exclude:  # the first ones, and every refusal/failover
                 self._event("query_routed", client=client, query=msg.seq, model=msg.model_id,
@@ -652,7 +705,14 @@ class DCCApp(app_manager.OSKenApp):
         from the query sources of its workloads; answered once, then the same again."""
         cfg = self.fabric.extra.get("placement", {}).get(str(task_id))
         if cfg is None:
-            return None
+            with self.sub_lock:
+                sub = self.submissions.tasks.get(task_id)
+            if sub is None or not sub.task.get("replicas"):
+                return None
+            # a task submitted through the API: no workloads name it, so the query
+            # source is the client that submitted it
+            cfg = {"k": sub.task["replicas"], "candidates": self.submissions.inference,
+                   "sources": {sub.client: 1.0}}
         if task_id not in self.placements:
             now = time.time()
             chosen, reasons = place_replicas(task_id, cfg["sources"], self._snapshot(now), cfg["candidates"],
@@ -704,6 +764,8 @@ class DCCApp(app_manager.OSKenApp):
                        body=wire.Feasibility(a.feasible, float(a.est_seconds or 0.0), int(a.est_bytes or 0),
                                              [r[:200] for r in a.reasons[:20]]))
         if task is None:
+            with self.sub_lock:
+                self.submissions.task_ended(msg.task_id, "infeasible: " + "; ".join(a.reasons[:3]), None, now)
             return feas, None
         self._install_hop(task.task_id, task.hop, "first hop")
         plan_msg = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
@@ -843,6 +905,35 @@ class DCCApp(app_manager.OSKenApp):
             self._event(e.pop("kind"), **e)
         if events:  # answers already given stand (a retransmitted request gets the same)
             self._install_hop(-1, -1, f"re-plan: {cause}")
+
+    # ---- submissions through the northbound API (API thread) -------------------
+    def _submissions_view(self) -> dict:
+        with self.sub_lock:
+            return self.submissions.view()
+
+    def _api_task(self, req) -> tuple[int, dict]:
+        with self.sub_lock:
+            try:
+                s = self.submissions.add_task(req)
+            except SubmissionError as e:
+                self.send_event(self.name, _ApiCommand("refused", {"request": "POST /v1/tasks", "reason": str(e)}))
+                raise
+            view = s.view()
+        self.send_event(self.name, _ApiCommand("submitted", {"what": "task", **view}))
+        return 202, view
+
+    def _api_query(self, req) -> tuple[int, dict]:
+        with self.sub_lock:
+            models = {*self.fabric.extra.get("task_ids", []), *self.submissions.tasks}
+            try:
+                q = self.submissions.add_query(req, models=models)
+            except SubmissionError as e:
+                self.send_event(self.name, _ApiCommand("refused", {"request": "POST /v1/queries", "reason": str(e)}))
+                raise
+            view = q.view()
+        self.send_event(self.name, _ApiCommand("submitted", {"what": "query", **{k: view[k] for k in (
+            "id", "seq", "client", "model", "max_latency_ms", "min_accuracy", "privacy")}}))
+        return 202, view
 
     def _tasks_view(self) -> dict:
         out = {}

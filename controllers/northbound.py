@@ -11,10 +11,14 @@ Routes (all JSON):
 - ``GET  /v1/state``  the DCC's state (switches, links, flows, knowledge)
 - ``POST /v1/links``  ``{"a": "s1", "b": "s2", "bw": 5.0}``: the testbed tells
   the DCC a link's configured capacity changed (OAM configuration); 202
+- ``POST /v1/tasks``, ``POST /v1/queries``: submit a training task or an inference
+  query while the run goes on (controllers/submissions.py); 202 with its id
+- ``GET  /v1/submissions`` what was submitted and how far each got
 
-The server thread never touches the app's state: reads return the latest
-published copy, writes are handed to the app's event thread (``submit``).
-Standard library only: three routes do not need a framework.
+The server thread never touches the app's event-thread state: reads return the
+latest published copy; link changes are handed to the app's event thread
+(``submit``); submissions go to ``posts`` handlers that keep their own lock.
+Standard library only: a handful of routes do not need a framework.
 """
 from __future__ import annotations
 
@@ -29,14 +33,19 @@ MAX_BODY = 64 * 1024
 
 
 class NorthboundAPI:
-    """Serves ``views`` (name -> callable returning a JSON-able dict) and passes
-    link changes to ``submit``; ``start()`` runs it in a daemon thread."""
+    """Serves ``views`` (name -> callable returning a JSON-able dict), passes
+    link changes to ``submit`` and other POSTs to ``posts`` (name -> callable
+    taking the parsed body and returning (HTTP status, JSON-able dict); a
+    ValueError is a 400 with its text, an OverflowError a 429);
+    ``start()`` runs it in a daemon thread."""
 
     def __init__(self, host: str, port: int, token: str, views: dict[str, Callable[[], dict]],
-                 submit: Callable[[str, dict], None]):
+                 submit: Callable[[str, dict], None],
+                 posts: dict[str, Callable[[object], tuple[int, dict]]] | None = None):
         self.token = token.encode()
         self.views = views
         self.submit = submit
+        self.posts = dict(posts or {})
         api = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -74,16 +83,25 @@ class NorthboundAPI:
             def do_POST(self):
                 if not self._authorized():
                     return
-                if self.path.rstrip("/") != "/v1/links":
-                    return self._reply(HTTPStatus.NOT_FOUND, {"error": f"cannot POST {self.path!r}"})
+                name = self.path.split("?", 1)[0].rstrip("/").removeprefix("/v1/")
+                if name != "links" and name not in api.posts:
+                    return self._reply(HTTPStatus.NOT_FOUND, {"error": f"cannot POST {self.path!r}",
+                                                              "resources": sorted({"links", *api.posts})})
                 try:
                     n = int(self.headers.get("Content-Length", "0"))
                     if not 0 < n <= MAX_BODY:
                         raise ValueError(f"body of {n} bytes (1..{MAX_BODY} allowed)")
                     req = json.loads(self.rfile.read(n))
-                    change = parse_link_change(req)
-                except (ValueError, TypeError) as e:
+                    if name == "links":
+                        change = parse_link_change(req)
+                    else:
+                        status, obj = api.posts[name](req)
+                except OverflowError as e:
+                    return self._reply(HTTPStatus.TOO_MANY_REQUESTS, {"error": str(e)})
+                except (ValueError, TypeError, RecursionError) as e:
                     return self._reply(HTTPStatus.BAD_REQUEST, {"error": str(e)})
+                if name != "links":
+                    return self._reply(status, obj)
                 api.submit("link", change)
                 self._reply(HTTPStatus.ACCEPTED, {"accepted": change})
 

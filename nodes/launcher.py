@@ -50,6 +50,7 @@ def child(name: str, conf: dict) -> int:
                      host_options=conf.get("host_options", {}), knowledge=conf.get("knowledge", {}),
                      inference=conf.get("inference", {}), workloads=conf.get("workloads", []),
                      dims=conf.get("dims"), compute_nodes=conf.get("compute_nodes", []),
+                     serve_s=float(conf.get("serve_s", 0.0)),
                      report_interval_s=float(conf.get("knowledge", {}).get("report_interval_s", 2.0)))
     rt = NodeRuntime(cfg)
     signal.signal(signal.SIGTERM, lambda *_: rt.stopping.set())

@@ -28,6 +28,7 @@ from nodes.data import label_histogram, load_dataset, make_shards, noisy_histogr
 from nodes.model import build_mlp, bytes_to_state, evaluate, state_digest, state_to_bytes, train_local
 from nodes.runtime import NodeRuntime, TransferError
 from nodes.wire import EndReason, Message, MsgType, Role, Tlv
+from controllers.submissions import task_from_handoff  # the hand-off's two sides live together
 
 log = logging.getLogger("daitn.node")
 MT = MsgType
@@ -358,6 +359,25 @@ class Client:
         self.states: dict[int, bytes] = {}
         self.pending: set[int] = set()
         self.done = threading.Condition()
+        self.work: queue.Queue = queue.Queue()   # hand-offs of API-submitted tasks and queries
+        self.seen: set[tuple[str, int]] = set()  # ... already queued (the DCC repeats them until taken)
+
+    def on_dcc_answer(self, m: Message):
+        """The DCC's answer to our knowledge report: work submitted through its API
+        (controllers/submissions.py). Queued once per id; run by :meth:`serve`."""
+        if m.type == MT.TRAIN_REQUEST and m.flags & wire.REPLY:
+            key = ("task", m.task_id)
+        elif m.type == MT.INFERENCE_QUERY and m.flags & wire.REPLY:
+            key = ("query", m.seq)
+        else:
+            self.rt.event("message_dropped", peer="dcc", reason=f"unexpected {MsgType(m.type).name} "
+                                                                "in answer to a knowledge report")
+            return
+        with self.done:
+            if key in self.seen:
+                return
+            self.seen.add(key)
+        self.work.put((key[0], m))
 
     def knowledge(self) -> dict:
         return {"roles": Role.CLIENT}
@@ -389,6 +409,115 @@ class Client:
             except TransferError as e:
                 self.rt.event("deploy_failed", task=task["id"], to=host, error=str(e))
 
+    def _route(self, model: int, seq: int, tlvs: dict, failed: list[str]):
+        """QIRCE at the DCC: where query ``seq`` goes now -> (server, reasons, dscp);
+        server None with the reasons when Q-FAM refuses it."""
+        ask = Message(MT.INFERENCE_QUERY, model_id=model, seq=seq, tlvs=dict(tlvs),
+                      body=wire.InferenceQuery([]))  # the DCC never sees the input
+        if failed:
+            ask.tlvs[Tlv.ITINERARY] = wire.Itinerary(0, 0, 1, [wire.node_id(f) for f in failed])
+        ans = self.rt.dcc_request(ask, lambda a: MT.FEASIBILITY in a and
+                                  (not a[MT.FEASIBILITY].body.feasible or MT.ITINERARY in a), timeout=1.0, tries=5)
+        feas = ans[MT.FEASIBILITY].body
+        if not feas.feasible:
+            return None, feas.reasons, 0
+        plan = ans[MT.ITINERARY]
+        # the query route's flows match this mark
+        return plan.tlvs[Tlv.ITINERARY].segments[0], [], plan.tlvs.get(Tlv.TRANSPORT, 0)
+
+    def query(self, model: int, seq: int, tlvs: dict, features, fixed: int | None = None) -> dict:
+        """One inference query: to ``fixed``, or where the DCC routes it, with
+        failover (a server that fails is excluded and the DCC asked again, up to 3
+        tries). Returns a record: answered, label, server, latency_ms, service_ms,
+        retried, error (and refused when Q-FAM refused it)."""
+        q = Message(MT.INFERENCE_QUERY, model_id=model, seq=seq, tlvs=dict(tlvs),
+                    body=wire.InferenceQuery([float(x) for x in features]))
+        t = time.time()
+        failed, rec = [], None
+        for _attempt in range(3):
+            try:
+                server, why, dscp = (fixed, [], 0) if fixed else self._route(model, seq, tlvs, failed)
+            except TransferError as e:
+                rec = {"error": f"no route from the DCC: {e}"}
+                break
+            if server is None:
+                rec = {"error": "refused: " + "; ".join(why[:2]), "refused": True}
+                break
+            if dscp:
+                q.tlvs[Tlv.TRANSPORT] = dscp
+            try:
+                ans = self.rt.request(server, q, timeout=30)
+            except (TransferError, OSError, wire.WireError) as e:
+                rec = {"error": str(e)}
+                ans = None
+            if ans is not None and ans.type == MT.INFERENCE_RESULT:
+                rec = {"answered": True, "server": wire.node_name(server), "label": int(ans.body.label),
+                       "confidence": float(ans.body.confidence), "service_ms": ans.body.service_ms,
+                       "error": None}
+                break
+            if ans is not None:
+                rec = {"error": getattr(ans.body, "text", MsgType(ans.type).name)}
+            if fixed:
+                break
+            failed.append(wire.node_name(server))
+        return {"latency_ms": (time.time() - t) * 1000, "answered": False, "label": None, "service_ms": None,
+                "server": None, "retried": len(failed), **(rec or {})}
+
+    def serve(self, idle_s: float):
+        """Run the work the DCC hands us (tasks and queries submitted through its
+        API) until none came and none is running for ``idle_s`` seconds."""
+        rt = self.rt
+        rt.event("serving", idle_s=idle_s)
+        running: list[threading.Thread] = []
+        last = time.time()
+        while not rt.stopping.is_set():
+            running = [t for t in running if t.is_alive()]
+            try:
+                kind, m = self.work.get(timeout=0.2)
+            except queue.Empty:
+                if running:
+                    last = time.time()
+                elif time.time() - last > idle_s:
+                    break
+                continue
+            last = time.time()
+            if kind == "task":
+                task = task_from_handoff(m)
+                task["client"] = rt.name
+                rt.event("task_handed_off", task=task["id"], **{k: v for k, v in task.items() if k != "id"})
+                with self.done:
+                    self.pending.add(task["id"])
+                target = self._served_task
+            else:
+                rt.event("query_handed_off", seq=m.seq, model=m.model_id)
+                target, task = self._served_query, m
+            th = threading.Thread(target=target, args=(task,), daemon=True, name=f"{kind}-{m.task_id or m.seq}")
+            th.start()
+            running.append(th)
+        for th in running:
+            th.join(timeout=60)
+        rt.event("serving_ended", idle_s=idle_s, handed_off=len(self.seen))
+
+    def _served_task(self, task: dict):
+        self.run_task(task)
+        self.deploy(task)
+
+    def _served_query(self, m: Message):
+        rec = self.query(m.model_id, m.seq, {k: v for k, v in m.tlvs.items() if k != Tlv.TRANSPORT},
+                         m.body.features)
+        if rec["answered"]:
+            out = Message(MT.INFERENCE_RESULT, model_id=m.model_id, seq=m.seq,
+                          body=wire.InferenceResult(rec["label"], rec["confidence"], float(rec["service_ms"] or 0.0)))
+        else:
+            out = Message(MT.ERROR, model_id=m.model_id, seq=m.seq, body=wire.Error(5, str(rec["error"])[:500]))
+        self.rt.event("submitted_query_result", seq=m.seq, model=m.model_id, answered=rec["answered"],
+                      server=rec["server"], label=rec["label"], latency_ms=round(rec["latency_ms"], 3),
+                      retried=rec["retried"], error=rec["error"])
+        try:  # the DCC acknowledges; retransmitted until it does
+            self.rt.dcc_request(out, lambda a: MT.ACK in a, timeout=0.5, tries=6)
+        except TransferError as e:
+            self.rt.event("warning", text=f"the DCC did not take the result of query {m.seq}: {e}")
+
     def run_workload(self, w: dict, index: int, queries_X, queries_y, concurrency: int = 8):
         """Send ``w["queries"]`` inference queries to ``w["server"]`` with the spec's
         arrival process; up to ``concurrency`` are in flight (one connection each)."""
@@ -406,59 +535,15 @@ class Client:
         fixed = wire.node_id(w["server"]) if w.get("server") else None
         slots = threading.BoundedSemaphore(concurrency)
         records, lock = [], threading.Lock()
-        q_dscp: dict[int, int] = {}
 
         def qid(i):  # unique per client across its workloads: the DCC answers route requests by it
             return (index << 20) | (i + 1)
 
-        def route(i, failed):
-            """QIRCE at the DCC: where query i goes now (None, reasons if Q-FAM refuses it)."""
-            ask = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=qid(i), tlvs=dict(tlvs),
-                          body=wire.InferenceQuery([]))  # the DCC never sees the input
-            if failed:
-                ask.tlvs[Tlv.ITINERARY] = wire.Itinerary(0, 0, 1, [wire.node_id(f) for f in failed])
-            ans = rt.dcc_request(ask, lambda a: MT.FEASIBILITY in a and
-                                 (not a[MT.FEASIBILITY].body.feasible or MT.ITINERARY in a), timeout=1.0, tries=5)
-            feas = ans[MT.FEASIBILITY].body
-            if not feas.feasible:
-                return None, feas.reasons
-            plan = ans[MT.ITINERARY]
-            q_dscp[i] = plan.tlvs.get(Tlv.TRANSPORT, 0)  # the query route's flows match this mark
-            return plan.tlvs[Tlv.ITINERARY].segments[0], []
-
         def one(i):
-            q = Message(MT.INFERENCE_QUERY, model_id=int(w["model"]), seq=qid(i), tlvs=dict(tlvs),
-                        body=wire.InferenceQuery([float(x) for x in queries_X[pick[i]]]))
-            t = time.time()
-            failed, rec = [], None
-            for _attempt in range(3):  # failover: a server that fails is excluded and the DCC asked again
-                try:
-                    server, why = (fixed, []) if fixed else route(i, failed)
-                except TransferError as e:
-                    rec = {"error": f"no route from the DCC: {e}"}
-                    break
-                if server is None:
-                    rec = {"error": "refused: " + "; ".join(why[:2]), "refused": True}
-                    break
-                if q_dscp.get(i):
-                    q.tlvs[Tlv.TRANSPORT] = q_dscp[i]
-                try:
-                    ans = rt.request(server, q, timeout=30)
-                except (TransferError, OSError, wire.WireError) as e:
-                    rec = {"error": str(e)}
-                    ans = None
-                if ans is not None and ans.type == MT.INFERENCE_RESULT:
-                    rec = {"answered": True, "server": wire.node_name(server),
-                           "correct": ans.body.label == int(queries_y[pick[i]]),
-                           "service_ms": ans.body.service_ms, "error": None}
-                    break
-                if ans is not None:
-                    rec = {"error": getattr(ans.body, "text", MsgType(ans.type).name)}
-                if fixed:
-                    break
-                failed.append(wire.node_name(server))
-            rec = {"i": i, "latency_ms": (time.time() - t) * 1000, "answered": False, "correct": False,
-                   "service_ms": None, "server": None, "retried": len(failed), **(rec or {})}
+            rec = self.query(int(w["model"]), qid(i), tlvs, queries_X[pick[i]], fixed)
+            label = rec.pop("label", None)
+            rec["correct"] = bool(rec["answered"]) and label == int(queries_y[pick[i]])
+            rec["i"] = i
             with lock:
                 records.append(rec)
             slots.release()
@@ -729,7 +814,9 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         # the rendezvous first: our first report (which the runner waits for)
         # follows the compute node's report of the data it now holds
         dn.offload()
-    threads = [threading.Thread(target=rt.report_loop, args=(knowledge,), daemon=True, name="report")]
+    # a client's reports are answered with work submitted through the DCC's API
+    on_answer = roles["client"].on_dcc_answer if "client" in roles else None
+    threads = [threading.Thread(target=rt.report_loop, args=(knowledge, on_answer), daemon=True, name="report")]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))
     if "inference" in roles:
@@ -757,6 +844,8 @@ def run_node(rt: NodeRuntime, go_file) -> int:
                 t.start()
             for t in ws:
                 t.join()
+        if getattr(cfg, "serve_s", 0) > 0:
+            client.serve(cfg.serve_s)
         # The result arrived before our ACK went out; when this client exits the
         # launcher stops every node, so let the sender read the ACK first (else,
         # under loss, its last transfer could go unrecorded).

@@ -59,6 +59,7 @@ class NodeConfig:
     workloads: list = field(default_factory=list)      # spec workloads: (query workloads)
     dims: dict | None = None     # model input/output sizes of the data set
     compute_nodes: list = field(default_factory=list)  # hosts with the role compute
+    serve_s: float = 0.0         # clients: take API-submitted work until idle this long
 
 
 # ---- the transport interface -------------------------------------------------
@@ -368,21 +369,57 @@ class NodeRuntime:
         raise TransferError(f"the DCC at {self.transport.dcc_address} did not answer "
                             f"{msg.type.name} after {tries} tries")
 
-    def report_loop(self, knowledge):
+    def report_loop(self, knowledge, on_answer=None):
         """Send knowledge reports (``knowledge()`` -> wire.KnowledgeReport) every
-        ``report_interval_s`` (they double as heartbeats), and at once on report_now()."""
+        ``report_interval_s`` (they double as heartbeats), and at once on report_now().
+
+        With ``on_answer``, the reports go out on one channel kept open, and what
+        the DCC sends back on it (work submitted through its API for this client:
+        controllers/submissions.py) is passed to ``on_answer(message)`` as it comes."""
+        ch = self.transport.dcc_channel() if on_answer is not None else None
+        if ch is not None:
+            threading.Thread(target=self._answers_loop, args=(ch, on_answer), daemon=True,
+                             name="dcc-answers").start()
+        try:
+            while not self.stopping.is_set():
+                self._wake_report.clear()  # before knowledge(): a change during the send reports again
+                try:
+                    body = knowledge()
+                    if hasattr(body, "report_seq"):  # lets the DCC count missed heartbeats
+                        body.report_seq = self.reports_sent + 1
+                    msg = Message(MsgType.KNOWLEDGE_REPORT, body=body)
+                    if ch is None:
+                        self.dcc_send(msg)
+                    else:
+                        msg.dst = wire.DCC_NODE
+                        ch.send(self.ep.seal(msg))
+                    self.reports_sent += 1
+                except (OSError, WireError) as e:  # a refused report must not end the heartbeats
+                    log.warning("knowledge report failed: %s", e)
+                    self.event("warning", text=f"knowledge report failed: {e}")
+                self._wake_report.wait(self.cfg.report_interval_s)
+        finally:
+            if ch is not None:
+                ch.close()
+
+    def _answers_loop(self, ch: DccChannel, on_answer):
         while not self.stopping.is_set():
-            self._wake_report.clear()  # before knowledge(): a change during the send reports again
             try:
-                body = knowledge()
-                if hasattr(body, "report_seq"):  # lets the DCC count missed heartbeats
-                    body.report_seq = self.reports_sent + 1
-                self.dcc_send(Message(MsgType.KNOWLEDGE_REPORT, body=body))
-                self.reports_sent += 1
-            except (OSError, WireError) as e:  # a refused report must not end the heartbeats
-                log.warning("knowledge report failed: %s", e)
-                self.event("warning", text=f"knowledge report failed: {e}")
-            self._wake_report.wait(self.cfg.report_interval_s)
+                data = ch.recv(0.5)
+            except TimeoutError:
+                continue
+            except OSError:  # closed at the end
+                return
+            try:
+                m = self.ep.open(data)
+            except WireError as e:
+                self.event("message_dropped", peer="dcc", reason=str(e))
+                continue
+            try:
+                on_answer(m)
+            except Exception as e:  # a bad hand-off must not end the heartbeats' reader
+                log.exception("DCC answer to a report not taken")
+                self.event("warning", text=f"DCC answer {m.type.name} not taken: {e}")
 
     def report_now(self):
         """Have the report loop send a knowledge report at once (our knowledge changed:

@@ -47,6 +47,11 @@ class ApiClient:
     def get(self, resource: str) -> dict:
         return self._call(urllib.request.Request(self.base + resource))
 
+    def post(self, resource: str, obj) -> dict:
+        body = json.dumps(obj).encode()
+        return self._call(urllib.request.Request(self.base + resource, data=body, method="POST",
+                                                 headers={"Content-Type": "application/json"}))
+
     def set_link_capacity(self, a: str, b: str, bw: float | None) -> dict:
         body = json.dumps({"a": a, "b": b, "bw": bw}).encode()
         return self._call(urllib.request.Request(self.base + "links", data=body, method="POST",

@@ -51,6 +51,8 @@ def cmd_check(a) -> int:
 
 def cmd_run(a) -> int:
     from testbed.spec import load_spec
+    if a.serve is not None:
+        a.set = [*(a.set or []), f"serve_s={a.serve}"]
     load_spec(a.spec, a.set)  # bad specs exit 2 before the root check
     _need_root("run")
     from testbed.runner import run
@@ -195,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/NAME-RUNID)")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. seed=3")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--serve", type=float, metavar="SECONDS",
+                   help="keep taking tasks and queries from `daitn submit` until none came for "
+                        "SECONDS (same as --set serve_s=SECONDS)")
     r.set_defaults(fn=cmd_run)
     c = sub.add_parser("check", help="validate a spec without running it (no root needed)")
     c.add_argument("spec")
@@ -223,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
+    from testbed import submit
+    submit.add_parser(sub)
     cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
     cl.add_argument("--run", help="only leftovers of this run id")
     cl.set_defaults(fn=cmd_clean)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from types import SimpleNamespace
 from pathlib import Path
 
 from controllers import cookies
@@ -110,7 +111,15 @@ def write_events(run_dir: Path, runner_events: list[dict]):
 def summarize(run_dir: Path, spec, net_info: dict) -> dict:
     events = read_jsonl(run_dir / "events.jsonl")
     tasks = []
-    for t in spec.tasks:
+    # the spec's tasks, then those submitted through the DCC's API while the run went on
+    wanted = [dict(t.model_dump(), submitted=False) for t in spec.tasks]
+    known = {t["id"] for t in wanted}
+    for e in events:
+        if e["kind"] == "task_handed_off" and e.get("task") not in known:
+            known.add(e["task"])
+            wanted.append({"id": e["task"], "client": e["src"], "target_accuracy": e["target_accuracy"],
+                           "submitted": True})
+    for t in (SimpleNamespace(**w) for w in wanted):
         tev = [e for e in events if e.get("task") == t.id]
         visits = [e["src"] for e in tev if e["kind"] == "train"]
         evals = [e for e in tev if e["kind"] == "evaluation"]
@@ -120,7 +129,7 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
         transfers = [e for e in tev if e["kind"] == "transfer"]
         final = evals[-1]["accuracy"] if evals else None
         tasks.append({
-            "id": t.id, "client": t.client, "target_accuracy": t.target_accuracy,
+            "id": t.id, "client": t.client, "target_accuracy": t.target_accuracy, "submitted": t.submitted,
             "final_accuracy": final,
             "reached": final is not None and final >= t.target_accuracy,
             "end_reason": result.get("end_reason", "no result recorded"),
@@ -160,6 +169,10 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
                # data node without compute use a trusted compute node); 0 otherwise
                "raw_data_bytes_sent": sum(e.get("bytes", 0) for e in raw),
                "model_versions": len(lin["versions"]), "lineage_problems": lin["problems"],
+               # inference queries submitted through the DCC's API (daitn submit query)
+               "submitted_queries": [{k: e.get(k) for k in ("id", "client", "model", "status", "server", "label",
+                                                             "confidence", "latency_ms", "error")}
+                                     for e in events if e["kind"] == "submitted_query_ended"],
                "raw_data_transfers": [{k: e.get(k) for k in ("src", "to", "bytes", "samples", "reason")}
                                       for e in raw],
                # nodes the DCC marked down before they stopped on purpose (at the end

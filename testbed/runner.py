@@ -177,6 +177,7 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int],
         "knowledge": spec.knowledge.model_dump(), "inference": spec.inference.model_dump(),
         "workloads": [w.model_dump() for w in spec.workloads], "dims": dims,
         "compute_nodes": spec.hosts_with("compute"),
+        "serve_s": spec.serve_s,
     }
 
 
@@ -188,7 +189,7 @@ def _query_sources(spec: Spec, model: int) -> dict[str, float]:
     return out
 
 
-def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
+def dcc_config(spec: Spec, topo: Topology, token_path: Path, dims: dict | None = None) -> dict:
     """What the DCC is told besides the fabric: roles and host options, the links
     as configured (capacities: OVS cannot report HTB-shaped rates), knowledge
     timing, and where its northbound API listens."""
@@ -199,6 +200,8 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path) -> dict:
             "links": links, "knowledge": spec.knowledge.model_dump(),
             "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps, "seed": spec.seed,
             "local_epochs": spec.training.local_epochs,
+            # tasks submitted through the API get ids after these; queries must fit the model's input
+            "task_ids": [t.id for t in spec.tasks], "features": (dims or {}).get("in_features"),
             # replica placement (tasks[].replicas): k and the query sources of the model's workloads
             "placement": {str(t.id): {"k": t.replicas, "candidates": spec.hosts_with("inference"),
                                       "sources": _query_sources(spec, t.id)}
@@ -314,7 +317,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
     token_path = run_dir / TOKEN_FILE
     token_path.touch(mode=0o600)
     token_path.write_text(secrets.token_hex(16))
-    fabric = fabric_of(topo, extra=dcc_config(spec, topo, token_path))
+    fabric = fabric_of(topo, extra=dcc_config(spec, topo, token_path, dims))
     net_info = {"hosts": len(topo.hosts), "switches": len(topo.switches), "links": len(topo.links),
                 "datapath": caps.datapath}
     try:
@@ -355,7 +358,13 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             ev("clients_go")
             (run_dir / ".go").touch()
             timeline.start()
-            deadline = time.time() + max(t.deadline_s for t in spec.tasks) + 90
+            # serving (serve_s > 0) ends when the clients have been idle that long; tasks
+            # submitted meanwhile bring their own deadlines, so no overall bound then
+            deadline = (time.time() + max(t.deadline_s for t in spec.tasks) + 90 if not spec.serve_s
+                        else float("inf"))
+            if spec.serve_s:
+                say(f"serving: submit tasks and queries with `daitn submit {run_dir} ...`; the run ends "
+                    f"{spec.serve_s:g} s after the clients' last work (Ctrl-C ends it at once)")
             watcher = results.EventWatcher(run_dir, say)
             last_maps, maps_due = None, 0.0
             while nodes.poll() is None:

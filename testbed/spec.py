@@ -177,6 +177,10 @@ class Spec(_Strict):
     name: str
     seed: int = 0
     mode: Literal["dcc"] = "dcc"
+    serve_s: float = Field(0, ge=0, description="after their own tasks and workloads, clients keep "
+                                                "taking tasks and queries submitted through the DCC's "
+                                                "API (`daitn submit`) until none came for this long; "
+                                                "0: the run ends with the spec's work")
     topology: dict
     links: LinkDefaults = Field(default_factory=LinkDefaults)
     nodes: dict[str, list[str]]
@@ -292,8 +296,9 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
         ids.add(t.id)
         if "client" not in spec.nodes.get(t.client, []):
             raise SpecError(file, f"tasks.{i}.client", f"{t.client!r} does not have the role 'client'")
-    if not spec.tasks:
-        raise SpecError(file, "tasks", "at least one task is needed")
+    if not spec.tasks and not spec.serve_s:
+        raise SpecError(file, "tasks", "at least one task is needed (or serve_s > 0 to take tasks "
+                                       "submitted with `daitn submit` while the run goes on)")
     _check_terminal(spec, file)
     adjacent = {frozenset((l.a, l.b)) for l in topo.links}
     for i, e in enumerate(spec.timeline):

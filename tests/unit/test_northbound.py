@@ -89,11 +89,13 @@ def test_openapi_describes_every_route():
     doc = yaml.safe_load((repo / "docs" / "openapi.yaml").read_text())
     assert doc["openapi"].startswith("3.") and doc["security"] == [{"token": []}]
     app = (repo / "controllers" / "dcc_app.py").read_text()
-    served = set(re.findall(r'"(\w+)": lambda: self\._published', app))
-    assert served >= {"maps", "drrt", "qrrt", "tasks", "plans", "models", "flows", "state"}
+    served = set(re.findall(r'"(\w+)": (?:lambda: self\._published|self\._submissions_view)', app))
+    assert served >= {"maps", "drrt", "qrrt", "tasks", "plans", "models", "flows", "state", "submissions"}
+    posted = set(re.findall(r'"(\w+)": self\._api_\w+', app)) | {"links"}
+    assert posted == {"links", "tasks", "queries"}
     gets = {p.strip("/") for p, ops in doc["paths"].items() if "get" in ops}
     posts = {p.strip("/") for p, ops in doc["paths"].items() if "post" in ops}
-    assert gets == served and posts == {"links"}
+    assert gets == served and posts == posted
     for p, ops in doc["paths"].items():
         for op in ops.values():
             assert "401" in op["responses"], (p, op)
