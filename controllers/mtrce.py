@@ -49,8 +49,13 @@ share, so a label with 1 sample among 300 barely counts) of the stops seen by th
 required label counts as held by a node that reports any sample of it.
 
 Plans are compared by (required labels not reached, constraints violated among target,
-deadline and byte budget, estimated seconds, bytes, stop names): the fastest feasible plan
-wins; failing that, the one that fails least.
+deadline and byte budget, shortfall of the expected accuracy below the target, estimated
+seconds, bytes, stop names): the fastest feasible plan wins; failing that, the one that
+fails least. The shortfall term makes an infeasible answer honest: of two plans that each
+break one constraint, the one that reaches the target (late, or over budget) wins over
+a fast one that stops short of it - so T-FAM says "estimated 41 s exceeds the deadline
+of 30 s" rather than a misleading "accuracy stays below the target" - and among plans
+that cannot reach it, the one expected to get closest (not merely the quickest).
 """
 from __future__ import annotations
 
@@ -682,7 +687,8 @@ class _Tour:
         visited = self.mask[seen]
         missing = (ctx.required & ~visited).bit_count()
         bad = (not reaches) + (t > req.deadline_s) + (req.byte_budget is not None and b > req.byte_budget)
-        key = (missing, bad, t, b, [_natural(n) for n in self.nodes])
+        short = 0.0 if reaches else round(max(0.0, req.target_accuracy - acc), 6)
+        key = (missing, bad, short, t, b, [_natural(n) for n in self.nodes])
         return _Score(key, laps, end, reaches, t, b, acc, visited, reaches and laps == 1)
 
 
@@ -859,7 +865,7 @@ class SearchPolicy(Policy):
                     k = len(tour)
                     bound = (tour.first.est_seconds + tour.wait[k]
                              + max(1, min_laps - 1) * (tour.work_s[k] + tour.inner_s[k]))
-                    go = bound < best[0][2]
+                    go = bound < best[0][3]  # key[3]: estimated seconds
                 if go:
                     dfs()
                 used.discard(node)

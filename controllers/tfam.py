@@ -16,6 +16,7 @@ Everything here is an estimate that the run later checks against what happened
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -242,6 +243,14 @@ def labels_phrase(labels) -> str:
     return f"labels {', '.join(ls[:-1])} and {ls[-1]}"
 
 
+def _acc(acc: float, target: float) -> str:
+    """Two decimals, more when two would round up to the target ("0.90 below 0.9")."""
+    for d in (2, 3, 4):
+        if round(acc, d) < target:
+            return f"{acc:.{d}f}"
+    return f"{acc:.5f}"
+
+
 def verdict(*, target: float, deadline_s: float, byte_budget: int | None, max_laps: int,
             est_seconds: float, est_bytes: int, reaches_target: bool, expected_acc: float,
             unheld_labels=(), unvisited_labels=()) -> list[str]:
@@ -255,7 +264,7 @@ def verdict(*, target: float, deadline_s: float, byte_budget: int | None, max_la
                    "before the target is expected")
     if not reaches_target:
         laps = "lap" if max_laps == 1 else "laps"
-        out.append(f"expected accuracy {expected_acc:.2f} after {max_laps} {laps} stays below "
+        out.append(f"expected accuracy {_acc(expected_acc, target)} after {max_laps} {laps} stays below "
                    f"the target {target:g}")
     if est_seconds > deadline_s:
         out.append(f"estimated {_seconds(est_seconds)} exceeds the deadline of {deadline_s:g} s"
@@ -298,9 +307,45 @@ def assess(req: TrainingRequest, snapshot: dict, now: float, policy: Policy,
            cost: CostModel | None = None) -> Assessment:
     """T-FAM: can ``req`` be met on the network of ``snapshot`` (NetworkMaps.snapshot) at
     ``now``? ``policy`` (an MTRCE policy) plans the trip; the answer carries its plan."""
-    plan = policy.plan(req, snapshot, now, cost or CostModel())
-    return Assessment(plan.feasible, list(plan.reasons), plan if plan.stops else None,
+    cost = cost or CostModel()
+    plan = policy.plan(req, snapshot, now, cost)
+    feasible, reasons = plan.feasible, list(plan.reasons)
+    if not plan.feasible and plan.stops and (req.deadline_s < RELAXED_DEADLINE_S or req.byte_budget):
+        # Which constraint binds? Plan again without deadline and byte budget: a plan
+        # that then reaches the target says how late (or how heavy) reaching it is,
+        # instead of the quick plan's "stays below the target"; one that does not
+        # reach it says how close the network can get at best.
+        free = policy.plan(dataclasses.replace(req, deadline_s=RELAXED_DEADLINE_S, byte_budget=None),
+                           snapshot, now, cost)
+        below = [r for r in reasons if "stays below the target" in r]
+        if free.stops and free.feasible:
+            why = []
+            if free.est_seconds > req.deadline_s:
+                why.append(f"reaching the target {req.target_accuracy:g} is expected to take "
+                           f"{_seconds(free.est_seconds)} ({_trip(free)}), over the deadline of {req.deadline_s:g} s")
+            if req.byte_budget is not None and free.est_bytes > req.byte_budget:
+                why.append(f"reaching the target {req.target_accuracy:g} is expected to move "
+                           f"{human_bytes(free.est_bytes)} ({_trip(free)}), over the byte budget of "
+                           f"{human_bytes(req.byte_budget)}")
+            if why:
+                reasons = why + [r for r in reasons if r not in below and "exceeds the deadline" not in r
+                                 and "over the byte budget" not in r]
+                plan = free
+        elif free.stops and below and free.expected_accuracy > plan.expected_accuracy + 0.005:
+            reasons = [f"expected accuracy at best {_acc(free.expected_accuracy, req.target_accuracy)} "
+                       f"({_trip(free)}) even without deadline and byte budget, below the target "
+                       f"{req.target_accuracy:g}"] + [r for r in reasons if r not in below]
+            plan = free  # the closest the network can get: the plan worth showing
+    return Assessment(feasible, reasons, plan if plan.stops else None,
                       plan.est_seconds, plan.est_bytes, plan.expected_accuracy)
+
+
+RELAXED_DEADLINE_S = 1e9
+
+
+def _trip(plan) -> str:
+    laps = f", {plan.laps} laps" if plan.laps > 1 else ""
+    return f"{' -> '.join(plan.itinerary())}{laps}"
 
 
 # ---- calibration (measures the constants above; imports torch) ---------------------

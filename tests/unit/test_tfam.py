@@ -207,3 +207,33 @@ def test_calibration_measures_this_machine_near_the_defaults():
     assert d.train_s_per_sample_epoch / 10 < got["train_s_per_sample_epoch"] < d.train_s_per_sample_epoch * 10
     assert d.verify_s / 10 < got["verify_s"] < d.verify_s * 10
     assert dataclasses.replace(d, **{k: got[k] for k in ("train_s_per_sample_epoch", "verify_s")})
+
+
+def test_infeasible_reasons_name_the_binding_constraint():
+    """A deadline that cuts the trip short is reported as the deadline (how long reaching
+    the target takes), not as the quick plan's accuracy; a target the network cannot
+    reach at all is reported with the best accuracy it can get, and that plan is shown."""
+    snap = snapshot_of(line(), {"h2": data(300, range(5)), "h3": data(800, range(5, 10)),
+                                "h4": data(600, [1, 2, 3])})
+    for pol in ("greedy", "search"):
+        ok = assess(req(target_accuracy=0.8, deadline_s=100.0), snap, 100.0, get_policy(pol), COST)
+        assert ok.feasible
+        late = assess(req(target_accuracy=0.8, deadline_s=ok.est_seconds / 2), snap, 100.0, get_policy(pol), COST)
+        assert not late.feasible
+        assert late.reasons[0].startswith("reaching the target 0.8 is expected to take ")
+        assert f"over the deadline of {ok.est_seconds / 2:g} s" in late.reasons[0]
+        assert not any("stays below" in r for r in late.reasons)
+        assert late.plan.itinerary() == ok.plan.itinerary()
+        heavy = assess(req(target_accuracy=0.8, byte_budget=ok.est_bytes // 2), snap, 100.0, get_policy(pol), COST)
+        assert not heavy.feasible and "over the byte budget" in heavy.reasons[0]
+        never = assess(req(target_accuracy=0.9, deadline_s=10.0), snap, 100.0, get_policy(pol), COST)
+        assert not never.feasible
+        assert never.reasons[0].startswith("expected accuracy at best 0.897 (")
+        assert "even without deadline and byte budget" in never.reasons[0]
+        assert len(never.plan.itinerary()) == 3  # every stop: the closest it gets, not the quickest
+
+
+def test_accuracy_in_reasons_never_rounds_up_to_the_target():
+    out = verdict(target=0.9, deadline_s=10, byte_budget=None, max_laps=10, est_seconds=1, est_bytes=0,
+                  reaches_target=False, expected_acc=0.8996)
+    assert out == ["expected accuracy 0.8996 after 10 laps stays below the target 0.9"]
