@@ -575,7 +575,9 @@ class Client:
                "answered": answered, "failed": len(records) - answered,
                "accuracy": (sum(r["correct"] for r in records) / answered) if answered else None,
                "latency_ms_mean": float(np.mean(lat)) if lat else None,
+               "latency_ms_p50": float(lat[min(len(lat) - 1, int(0.50 * len(lat)))]) if lat else None,
                "latency_ms_p95": float(lat[min(len(lat) - 1, int(0.95 * len(lat)))]) if lat else None,
+               "latency_ms_p99": float(lat[min(len(lat) - 1, int(0.99 * len(lat)))]) if lat else None,
                "over_max_latency": sum(1 for x in lat if limit and x > limit),
                "errors": sorted({r["error"] for r in records if r["error"]})[:5]}
         rt.event("workload_result", **out)

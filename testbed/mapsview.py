@@ -82,8 +82,12 @@ def _width(cap: float | None, max_cap: float) -> float:
     return 1.2 + 3.3 * math.log1p(cap) / math.log1p(max_cap)
 
 
-def draw_maps(snapshot: dict, topo: Topology, path: str | Path, title: str = "") -> Path:
-    """Write a PNG of ``snapshot`` over ``topo`` to ``path`` and return the path."""
+def draw_maps(snapshot: dict, topo: Topology, path: str | Path, title: str = "",
+              overlay=None) -> Path:
+    """Write a PNG of ``snapshot`` over ``topo`` to ``path`` and return the path.
+
+    ``overlay(ax, pos)``, if given, draws on top before the PNG is written (``pos``: node ->
+    (x, y) as drawn); `daitn compare` and `daitn report` draw a model's route with it."""
     path = Path(path)
     snapshot = snapshot or {}
     drrt, qrrt = snapshot.get("drrt") or {}, snapshot.get("qrrt") or {}
@@ -196,6 +200,8 @@ def draw_maps(snapshot: dict, topo: Topology, path: str | Path, title: str = "")
            f"down {len(reach.get('down_links') or [])}")
     head = title or f"{topo.name}: DCC maps (DRRT/QRRT)" + (f" at t={t:.1f} s" if t is not None else "")
     ax.set_title(f"{head}\n{sub}", fontsize=10)
+    if overlay is not None:
+        overlay(ax, pos)
     ax.autoscale()
     ax.margins(0.08)
     ax.set_aspect("equal" if topo.positions else "auto", adjustable="datalim")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from testbed import results
+from testbed import report, results
 from testbed.api import TOKEN_FILE, ApiClient, ApiError
 from testbed.capabilities import probe
 from testbed.controller import REPO_ROOT, ControllerProcess, free_port
@@ -415,6 +415,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
         from testbed.mapsview import draw_maps, load_snapshot
         draw_maps(load_snapshot(run_dir / "maps.json"), topo, run_dir / "plots" / "maps.png",
                   title=f"{spec.name}: DRRT/QRRT at the end of the run")
+    report.after_run(run_dir, say)  # RUN/report/report.md; never fails a finished run
     for t in summary["tasks"]:
         say(f"task {t['id']}: {'reached' if t['reached'] else 'missed'} target {t['target_accuracy']} "
             f"(final {t['final_accuracy']}) after {t['hops']} hops via {' -> '.join(t['itinerary'])}; "
