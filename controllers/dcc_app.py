@@ -893,6 +893,8 @@ class DCCApp(app_manager.OSKenApp):
             if kind in self.REPLAN_ON:
                 what = e.get("node") or "-".join(str(x) for x in (e.get("a"), e.get("b")) if x)
                 causes.append(f"{self.REPLAN_ON[kind]} ({what})")
+            elif kind == "knowledge_changed" and {"label_hist", "samples"} & set(e.get("changes", {})):
+                causes.append(f"data changed ({e.get('node')})")  # drift, or a shard arriving
         if causes:
             self._replan("; ".join(causes))
 

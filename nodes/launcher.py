@@ -42,6 +42,17 @@ def child(name: str, conf: dict) -> int:
     logging.basicConfig(filename=run_dir / "logs" / f"{name}.log", level=logging.INFO,
                         format=f"%(asctime)s {name} %(levelname)s %(message)s", force=True)
     enter_netns(h["pid"])
+    if name in conf.get("late", ()):
+        # a node that joins on the timeline (join_node): not running - no reports,
+        # no listening socket - until the runner says so
+        stopping = []
+        signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+        joined = run_dir / "joined" / name
+        while not joined.exists():
+            if stopping:
+                return 0
+            time.sleep(0.1)
+        logging.info("joining the run now (timeline join_node)")
     cfg = NodeConfig(name=name, ip=h["ip"], roles=h["roles"], run_dir=run_dir, seed=conf["seed"],
                      hosts={n: v["ip"] for n, v in conf["hosts"].items()}, data=conf["data"],
                      model=conf["model"], training=conf["training"], tasks=conf["tasks"],

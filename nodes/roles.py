@@ -93,6 +93,8 @@ class DataNode:
         self.work: queue.Queue = queue.Queue()
         self.lock = threading.Lock()
         self.hosted: dict[str, int] = {}  # owner -> samples hosted for it
+        self.controls_done = 0            # lines of RUN/control/NODE.jsonl applied
+        self.drifts = 0
         eps = self.opts["noise_epsilon"] or (getattr(cfg, "knowledge", None) or {}).get("noise_epsilon")
         self.eps = eps or 0.0
         # One noisy release per holding, drawn once: re-drawing the noise for every
@@ -185,6 +187,59 @@ class DataNode:
     def on_model(self, first: Message, state: bytes, peer: str):
         self.work.put((first, state))  # train after acknowledging, so the sender is not held
         return None  # plain ACK
+
+    def control_loop(self):
+        """Watch for timeline commands (a visit in progress keeps the data it started with)."""
+        while not self.rt.stopping.wait(0.2):
+            try:
+                self.control()
+            except Exception as e:  # a bad command must not end the watch
+                log.exception("control command failed")
+                self.rt.event("error", error=f"control command failed: {type(e).__name__}: {e}")
+
+    def control(self):
+        """Apply what the runner asks of this node on the timeline (RUN/control/NODE.jsonl,
+        one JSON command per line, appended): ``drift``."""
+        path = self.rt.cfg.run_dir / "control" / f"{self.rt.name}.jsonl"
+        try:
+            lines = path.read_text().splitlines(keepends=True)
+        except FileNotFoundError:
+            return
+        for line in lines[self.controls_done:]:
+            if not line.endswith("\n"):  # still being written
+                break
+            self.controls_done += 1
+            cmd = json.loads(line)
+            if cmd.get("kind") == "drift":
+                self.drift(list(cmd["labels"]), float(cmd.get("fraction", 1.0)))
+            else:
+                self.rt.event("warning", text=f"unknown control command {cmd!r}")
+
+    def drift(self, labels: list[int], fraction: float):
+        """Data drift: ``fraction`` of our samples are replaced by samples of ``labels``
+        drawn from the data set's training pool (new data arriving with another label
+        distribution). The published histogram is drawn again (a new holding)."""
+        cfg = self.rt.cfg
+        ds = load_dataset(cfg.data, cfg.seed)
+        pool = np.flatnonzero(np.isin(ds.train_y, labels))
+        if not len(pool):
+            self.rt.event("warning", text=f"drift: the data set has no samples of labels {labels}")
+            return
+        self.drifts += 1
+        rng = np.random.default_rng([cfg.seed, wire.node_id(cfg.name), 13, self.drifts])
+        with self.lock:
+            n = len(self.y)
+            k = min(n, max(1, round(fraction * n)))
+            keep = np.sort(rng.choice(n, n - k, replace=False))
+            new = rng.choice(pool, k, replace=len(pool) < k)
+            before = label_histogram(self.y, self.n_classes)
+            self.X = np.concatenate([self.X[keep], ds.train_X[new].astype(np.float32, copy=False)])
+            self.y = np.concatenate([self.y[keep], ds.train_y[new].astype(np.int64, copy=False)])
+            after = label_histogram(self.y, self.n_classes)
+            self.published_hist = noisy_histogram(after, self.eps or None, self.rng)
+        self.rt.event("data_drift", labels=labels, fraction=fraction, replaced=int(k), samples=int(len(self.y)),
+                      label_hist_before=before, label_hist=after, published_label_hist=self.published_hist)
+        self.rt.report_now()  # the DRRT learns the new label distribution at once
 
     def worker(self):
         while not self.rt.stopping.is_set():
@@ -821,6 +876,7 @@ def run_node(rt: NodeRuntime, go_file) -> int:
     threads = [threading.Thread(target=rt.report_loop, args=(knowledge, on_answer), daemon=True, name="report")]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))
+        threads.append(threading.Thread(target=roles["data"].control_loop, daemon=True, name="control"))
     if "inference" in roles:
         threads.append(threading.Thread(target=roles["inference"].worker, daemon=True, name="infer"))
     for t in threads:

@@ -424,6 +424,22 @@ class EmulatedNetwork:
                 return new
         raise NetworkError(f"no link between {a} and {b}")
 
+    def set_link_state(self, a: str, b: str, up: bool):
+        """Take a running link down or bring it back: both ends' interfaces
+        administratively down/up (veth pair or ns-3 tap alike), so the switch
+        reports the port's state change to the DCC (OpenFlow PORT_STATUS) as a
+        real cable cut would. Returns the link."""
+        for ln, (na, ap, nb, bp) in zip(self.topo.links, plan_ports(self.topo)):
+            if {ln.a, ln.b} == {a, b}:
+                for node, port in ((na, ap), (nb, bp)):
+                    intf = self.intf_name(node, port)
+                    out = self.net.get(node).cmd(f"ip link set dev {intf} {'up' if up else 'down'} 2>&1; "
+                                                 f"echo rc=$?").strip()
+                    if not out.endswith("rc=0"):
+                        raise NetworkError(f"setting {intf} {'up' if up else 'down'} failed: {out}")
+                return ln
+        raise NetworkError(f"no link between {a} and {b}")
+
     def host(self, name: str):
         return self.net.get(name)
 

@@ -178,6 +178,7 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int],
         "workloads": [w.model_dump() for w in spec.workloads], "dims": dims,
         "compute_nodes": spec.hosts_with("compute"),
         "serve_s": spec.serve_s,
+        "late": sorted({e.node for e in spec.timeline if e.kind == "join_node"}),
     }
 
 
@@ -235,6 +236,26 @@ class Timeline:
                     self.api.set_link_capacity(a, b, ln.bw_mbit)
                 except ApiError as err:
                     raise RunError(f"could not tell the DCC about link {a}-{b}: {err}") from None
+        elif e.kind in ("link_down", "link_up"):
+            a, b = e.link
+            up, t = e.kind == "link_up", time.time()
+            self.net.set_link_state(a, b, up)
+            self.say(f"timeline: link {a}-{b} {'up' if up else 'down'}")
+            self.ev("link_state_changed", link=[a, b], up=up, at_s=e.at_s, t=t)  # t: when it was cut
+        elif e.kind == "join_node":
+            (self.run_dir / "joined").mkdir(exist_ok=True)
+            (self.run_dir / "joined" / e.node).touch()
+            self.say(f"timeline: node {e.node} joins")
+            self.ev("node_joins", node=e.node, at_s=e.at_s)
+        elif e.kind == "drift":
+            # the node reads its control file (nodes.roles.DataNode.control) within ~0.5 s
+            ctl = self.run_dir / "control" / f"{e.node}.jsonl"
+            ctl.parent.mkdir(exist_ok=True)
+            cmd = {"kind": "drift", "labels": list(e.labels), "fraction": e.fraction, "at_s": e.at_s}
+            with open(ctl, "a") as f:
+                f.write(json.dumps(cmd) + "\n")
+            self.say(f"timeline: data at {e.node} drifts to labels {e.labels} ({e.fraction:.0%} of its samples)")
+            self.ev("drift_requested", node=e.node, labels=list(e.labels), fraction=e.fraction, at_s=e.at_s)
         elif e.kind == "crash_node":
             pids = json.loads((self.run_dir / "node-pids.json").read_text())
             (self.run_dir / "crashed").mkdir(exist_ok=True)
@@ -340,7 +361,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             stack.enter_context(captures(net, spec.capture, run_dir / "pcaps", run_id))
             conf = node_config(spec, topo, run_dir, net.host_pids(), dims)
             nodes = stack.enter_context(node_processes(run_dir, conf, run_id))
-            reporting = set(spec.nodes)
+            reporting = set(spec.nodes) - {e.node for e in spec.timeline if e.kind == "join_node"}
 
             def known():
                 if nodes.poll() is not None:

@@ -119,13 +119,21 @@ class WorkloadSpec(_Strict):
 
 
 class TimelineEvent(_Strict):
-    """Something that happens to the network during the run (seconds after the clients start)."""
+    """Something that happens to the network during the run (seconds after the clients start).
+
+    ``set_link`` (bw and/or loss), ``link_down`` / ``link_up`` (both interfaces of the
+    link administratively down/up: the switch reports it as a cut cable),
+    ``crash_node`` (its node process is killed), ``join_node`` (a node listed under
+    ``nodes`` starts only now: it is not running before), ``drift`` (a data node's
+    data changes: ``fraction`` of its samples are replaced by samples of ``labels``)."""
     at_s: float = Field(ge=0)
-    kind: Literal["set_link", "crash_node"]
-    link: list[str] | None = Field(None, description="set_link: the two ends, e.g. [s1, s2]")
+    kind: Literal["set_link", "link_down", "link_up", "crash_node", "join_node", "drift"]
+    link: list[str] | None = Field(None, description="set_link, link_down, link_up: the two ends, e.g. [s1, s2]")
     bw: float | None = Field(None, gt=0, description="set_link: new bandwidth, Mbit/s")
     loss: float | None = Field(None, ge=0, le=100, description="set_link: new loss, %")
-    node: str | None = Field(None, description="crash_node: the host whose node process is killed")
+    node: str | None = Field(None, description="crash_node, join_node, drift: the host")
+    labels: list[int] | None = Field(None, description="drift: the labels of the node's new samples")
+    fraction: float = Field(1.0, gt=0, le=1, description="drift: share of the node's samples replaced")
 
 
 class ModelSpec(_Strict):
@@ -302,7 +310,7 @@ def resolve_topology(spec: Spec, file: str, base_dir: Path) -> Topology:
     _check_terminal(spec, file)
     adjacent = {frozenset((l.a, l.b)) for l in topo.links}
     for i, e in enumerate(spec.timeline):
-        if e.kind == "set_link" and frozenset(e.link) not in adjacent:
+        if e.kind in ("set_link", "link_down", "link_up") and frozenset(e.link) not in adjacent:
             raise SpecError(file, f"timeline.{i}.link", f"{e.link[0]} and {e.link[1]} are not joined "
                                                         f"by a link in {topo.name!r}")
     from testbed.network import plan_ports  # pure; imports no mininet
@@ -352,15 +360,32 @@ def _check_terminal(spec: Spec, file: str):
             raise SpecError(file, f"workloads.{i}.server",
                             f"task {w.model}'s model is not deployed to {w.server!r}; "
                             f"add it to tasks[id={w.model}].deploy_to")
+    joins: dict[str, float] = {}
     for i, e in enumerate(spec.timeline):
-        if e.kind == "set_link":
+        if e.kind in ("set_link", "link_down", "link_up"):
             if not e.link or len(e.link) != 2:
-                raise SpecError(file, f"timeline.{i}.link", "set_link needs link: [END_A, END_B]")
-            if e.bw is None and e.loss is None:
+                raise SpecError(file, f"timeline.{i}.link", f"{e.kind} needs link: [END_A, END_B]")
+            if e.kind == "set_link" and e.bw is None and e.loss is None:
                 raise SpecError(file, f"timeline.{i}", "set_link needs bw and/or loss")
-        elif e.kind == "crash_node":
-            if e.node not in spec.nodes:
-                raise SpecError(file, f"timeline.{i}.node", f"{e.node!r} is not a node of this spec")
+        elif e.node not in spec.nodes:
+            raise SpecError(file, f"timeline.{i}.node", f"{e.kind} needs node: a host listed under nodes "
+                                                        f"(got {e.node!r})")
+        if e.kind == "join_node":
+            if e.node in joins:
+                raise SpecError(file, f"timeline.{i}.node", f"{e.node} joins twice")
+            if e.node in {t.client for t in spec.tasks} or "mpvu" in spec.nodes[e.node]:
+                raise SpecError(file, f"timeline.{i}.node", f"{e.node} is a task's client or the MPVU, "
+                                                            "which must run from the start")
+            joins[e.node] = e.at_s
+        if e.kind == "drift":
+            if "data" not in spec.nodes[e.node]:
+                raise SpecError(file, f"timeline.{i}.node", f"{e.node} has no role 'data': nothing to drift")
+            if not e.labels:
+                raise SpecError(file, f"timeline.{i}.labels", "drift needs labels: the labels of the new samples")
+    for i, e in enumerate(spec.timeline):
+        if e.kind in ("crash_node", "drift") and e.node in joins and e.at_s < joins[e.node]:
+            raise SpecError(file, f"timeline.{i}.at_s", f"{e.node} joins only at {joins[e.node]:g} s")
+
 
 
 def _span(names: list[str]) -> str:
