@@ -32,16 +32,18 @@ class EventWatcher:
     """Tails node event files and reports progress lines."""
 
     SHOW = {"itinerary_received", "train", "evaluation", "task_end", "task_result", "error",
-            "transfer_failed", "message_dropped"}
+            "transfer_failed", "message_dropped", "replan"}
 
     def __init__(self, run_dir: Path, say):
         self.dir = run_dir / "events"
+        self.dcc = run_dir / "dcc-events.jsonl"
         self.say = say
         self.offsets: dict[Path, int] = {}
 
     def poll(self):
         new = []
-        for p in sorted(self.dir.glob("*.jsonl")):
+        feed = getattr(self.say, "event", None)  # testbed.progress.Progress: the live table
+        for p in sorted(self.dir.glob("*.jsonl")) + ([self.dcc] if self.dcc.exists() else []):
             with open(p) as f:
                 f.seek(self.offsets.get(p, 0))
                 chunk = f.read()
@@ -53,10 +55,12 @@ class EventWatcher:
                     e = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if e.get("kind") in self.SHOW:
-                    new.append(e)
-        for e in sorted(new, key=lambda e: e["t"]):  # nodes write separate files
-            self.say(describe(e))
+                new.append(e)
+        for e in sorted(new, key=lambda e: e.get("t", 0)):  # nodes write separate files
+            if feed is not None:
+                feed(e)
+            if e.get("kind") in self.SHOW:
+                self.say(describe(e))
 
 
 def describe(e: dict) -> str:
@@ -67,6 +71,9 @@ def describe(e: dict) -> str:
         return f"{s}: task {e['task']} hop {e['hop']} verified by {e['by']}: accuracy {e['accuracy']:.3f}"
     if k == "itinerary_received":
         return f"{s}: task {e['task']} itinerary from DCC: {' -> '.join(e['itinerary'])}"
+    if k == "replan":
+        return (f"{s}: task {e.get('task')} re-planned ({e.get('cause')}): "
+                f"{' -> '.join(e.get('old') or [])} => {' -> '.join(e.get('new') or [])}")
     if k == "task_result":
         return f"{s}: task {e['task']} finished: {e['end_reason']} (accuracy {e['accuracy']})"
     return f"{s}: {k} " + json.dumps({x: y for x, y in e.items() if x not in ('t', 'src', 'kind')})

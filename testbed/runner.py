@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from testbed import report, results
+from testbed.progress import Progress
 from testbed.api import TOKEN_FILE, ApiClient, ApiError
 from testbed.capabilities import probe
 from testbed.controller import REPO_ROOT, ControllerProcess, free_port
@@ -56,18 +57,6 @@ def sigterm_as_interrupt():
     finally:
         signal.signal(signal.SIGTERM, old_term)
         signal.signal(signal.SIGINT, old_int)
-
-
-class Progress:
-    """Prints what happens, one line per event of interest (silent with quiet)."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.t0 = time.time()
-
-    def __call__(self, text: str):
-        if not self.quiet:
-            print(f"[{time.time() - self.t0:6.1f}s] {text}", flush=True)
 
 
 @contextmanager
@@ -178,6 +167,7 @@ def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int],
         "workloads": [w.model_dump() for w in spec.workloads], "dims": dims,
         "compute_nodes": spec.hosts_with("compute"),
         "serve_s": spec.serve_s,
+        "mode": spec.mode, "modes": spec.modes.model_dump(),  # AATS and the baselines (nodes/modes.py)
         "late": sorted({e.node for e in spec.timeline if e.kind == "join_node"}),
     }
 
@@ -387,6 +377,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                 say(f"serving: submit tasks and queries with `daitn submit {run_dir} ...`; the run ends "
                     f"{spec.serve_s:g} s after the clients' last work (Ctrl-C ends it at once)")
             watcher = results.EventWatcher(run_dir, say)
+            say.start_live()  # a live table of the tasks on a terminal (testbed/progress.py)
             last_maps, maps_due = None, 0.0
             while nodes.poll() is None:
                 watcher.poll()
@@ -404,6 +395,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                     raise RunError("tasks did not finish within their deadline + 90 s; see logs/")
                 time.sleep(0.2)
             watcher.poll()
+            say.stop_live()
             ev("nodes_finished", returncode=nodes.returncode)
             if last_maps is not None:
                 (run_dir / "maps.json").write_text(json.dumps(last_maps, indent=1, sort_keys=True))
@@ -424,9 +416,11 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             if errs:
                 ev("controller_errors", lines=errs[:20])
     except KeyboardInterrupt:
+        say.stop_live()
         say("interrupted: everything this run started has been stopped")
         raise
     finally:
+        say.stop_live()
         (run_dir / ".go").unlink(missing_ok=True)
         os.environ.pop("DAITN_RUN", None)
         results.write_events(run_dir, runner_events)
@@ -439,7 +433,7 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
     report.after_run(run_dir, say)  # RUN/report/report.md; never fails a finished run
     for t in summary["tasks"]:
         say(f"task {t['id']}: {'reached' if t['reached'] else 'missed'} target {t['target_accuracy']} "
-            f"(final {t['final_accuracy']}) after {t['hops']} hops via {' -> '.join(t['itinerary'])}; "
+            f"(final {'-' if t['final_accuracy'] is None else format(t['final_accuracy'], '.4f')}) after {t['hops']} hops via {' -> '.join(t['itinerary'])}; "
             f"{t['model_bytes_sent']} model bytes sent, end: {t['end_reason']}")
     say(f"results in {run_dir}")
     return run_dir
