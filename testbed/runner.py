@@ -397,6 +397,10 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             watcher.poll()
             say.stop_live()
             ev("nodes_finished", returncode=nodes.returncode)
+            if timeline.pending:  # the work ended first: say so, never drop them silently
+                left = [f"{e.kind} at {e.at_s:g} s" for e in timeline.pending]
+                say(f"timeline: {len(left)} event(s) never applied - the nodes finished first: {', '.join(left)}")
+                ev("timeline_not_applied", events=[e.model_dump() for e in timeline.pending])
             if last_maps is not None:
                 (run_dir / "maps.json").write_text(json.dumps(last_maps, indent=1, sort_keys=True))
             if nodes.returncode != 0:
