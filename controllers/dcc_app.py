@@ -39,7 +39,7 @@ from controllers.lineage import Lineage
 from controllers.mtrce import TrainingRequest, get_policy
 from controllers.qirce import Query, QueryRouter, ReplicaInfo, place_replicas
 from controllers.tasks import TaskTracker
-from controllers.maps import LinkInfo, MapsError, NetworkMaps
+from controllers.maps import LinkInfo, MapsError, NetworkMaps, plan_view
 from controllers.northbound import NorthboundAPI
 from controllers.submissions import SubmissionError, Submissions
 from nodes import wire
@@ -123,6 +123,11 @@ class DCCApp(app_manager.OSKenApp):
         self.submissions = Submissions(self.fabric.extra.get("roles", {}), self.fabric.extra.get("task_ids", []),
                                        features=self.fabric.extra.get("features"))
         self.sub_lock = threading.Lock()
+        # recovery: a task whose holder died, or whose model was poisoned, goes on from the
+        # MPVU's copy of its last verified version; the instruction answers the MPVU's report
+        self.rollback_drop = self.fabric.extra.get("rollback_drop")
+        self.resumes: dict[int, dict] = {}
+        self.lost_holders: dict[tuple[int, str], int] = {}  # (task, node) -> version resumed from
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
         api = self.fabric.extra.get("api")
@@ -292,6 +297,15 @@ class DCCApp(app_manager.OSKenApp):
         dp = ev.msg.datapath
         self.datapaths[dp.id] = dp
         self.logger.info("switch %s (dpid %d) connected", self.fabric.name_of(dp.id), dp.id)
+        # State is rebuilt, not assumed: the switch may hold flows and meters of an earlier
+        # DCC (a restarted controller; fail mode secure kept them forwarding meanwhile).
+        # Clear them and install what this DCC wants; a packet in between is retransmitted.
+        ofp, parser = dp.ofproto, dp.ofproto_parser
+        dp.send_msg(parser.OFPFlowMod(datapath=dp, command=ofp.OFPFC_DELETE, table_id=ofp.OFPTT_ALL,
+                                      out_port=ofp.OFPP_ANY, out_group=ofp.OFPG_ANY, match=parser.OFPMatch()))
+        dp.send_msg(parser.OFPMeterMod(datapath=dp, command=ofp.OFPMC_DELETE, meter_id=ofp.OFPM_ALL))
+        self.installed = {f for f in self.installed if f.dpid != dp.id}
+        self.meters = {m for m in self.meters if m.dpid != dp.id}
         self._event("switch_connected", dpid=dp.id, switch=self.fabric.name_of(dp.id))
         self._reconcile("switch_connected")
 
@@ -551,7 +565,11 @@ class DCCApp(app_manager.OSKenApp):
             if first:
                 self._event("knowledge_report", node=node, samples=kr.samples,
                             label_hist=list(kr.label_hist), roles=roles, **extra)
-            self._write_state()
+            # No state write per report: the probe tick writes it (every <= report interval / 4).
+            # Writing the whole state (O(nodes + flows)) for each of N nodes' reports is O(N^2)
+            # per interval; at 50 nodes it starved the event loop (bench/bench_scale.py).
+            if "mpvu" in roles and self.resumes:
+                return self._resume_instructions(node, msg.src)
             if "client" not in roles:
                 return []
             with self.sub_lock:  # work submitted through the API for this client (hand-off)
@@ -617,6 +635,7 @@ class DCCApp(app_manager.OSKenApp):
                     self.submissions.task_ended(msg.task_id, wire.EndReason(end).name.lower() if end is not None
                                                 else "ended", msg.tlvs.get(Tlv.ACCURACY), time.time())
                 self.finished_tasks.add(msg.task_id)
+                self.resumes.pop(msg.task_id, None)
                 for e in self.tracker.finished(msg.task_id, time.time()):
                     self._event(e.pop("kind"), **e)
                 self._reconcile("task_finished")
@@ -715,7 +734,9 @@ class DCCApp(app_manager.OSKenApp):
                    "sources": {sub.client: 1.0}}
         if task_id not in self.placements:
             now = time.time()
-            chosen, reasons = place_replicas(task_id, cfg["sources"], self._snapshot(now), cfg["candidates"],
+            chosen, reasons = place_replicas(task_id, cfg["sources"], plan_view(self._snapshot(now),
+                                                                                 self.tracker.plan_inputs),
+                                             cfg["candidates"],
                                              int(cfg["k"]))
             self._event("placement", task=task_id, model=task_id, k=cfg["k"], chosen=chosen,
                         sources=cfg["sources"], reasons=reasons[:10],
@@ -783,8 +804,19 @@ class DCCApp(app_manager.OSKenApp):
         key = (msg.task_id, msg.hop_count, msg.model_version)
         if key not in self.hop_answers:
             now = time.time()
+            r = self.resumes.get(msg.task_id)
+            if r is not None and msg.model_version > r["version"]:
+                self.resumes.pop(msg.task_id)  # the resumed model trained on: the instruction is done
+            rolled = self._stale_holder(msg, node, now) or self._check_poison(msg, node, now)
+            if rolled is not None:
+                self.hop_answers[key] = rolled
+                rolled.dst, rolled.seq = msg.src, msg.seq
+                return rolled
             self._record_version(msg, node, now)
             end = msg.tlvs.get(Tlv.END_REASON)
+            if msg.task_id not in self.tracker.tasks and msg.task_id not in self.tracker.done \
+                    and msg.tlvs.get(Tlv.END_REASON) is None:
+                self._adopt(msg, node, now)
             try:
                 ans, events = self.tracker.hop_request(msg.task_id, node,
                                                        None if end is None else wire.EndReason(end).name.lower(),
@@ -797,16 +829,128 @@ class DCCApp(app_manager.OSKenApp):
             self._install_hop(msg.task_id, task.hop, "hop request")
             tlvs = {Tlv.ITINERARY: self._itinerary_tlv(task), Tlv.TRANSPORT: task.dscp}
             if ans["end"] is not None:
-                tlvs[Tlv.END_REASON] = {"target_reached": wire.EndReason.TARGET_REACHED,
-                                        "deadline": wire.EndReason.DEADLINE,
-                                        "max_laps": wire.EndReason.MAX_LAPS,
-                                        "infeasible": wire.EndReason.INFEASIBLE}.get(ans["end"], wire.EndReason.ERROR)
+                tlvs[Tlv.END_REASON] = self.END_REASONS.get(ans["end"], wire.EndReason.ERROR)
             self.hop_answers[key] = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
                                             model_version=msg.model_version, hop_count=msg.hop_count,
                                             tlvs=tlvs, body=wire.ItineraryBody(self.policy_name))
         a = self.hop_answers[key]
         a.dst, a.seq = msg.src, msg.seq
         return a
+
+    def _adopt(self, msg: Message, node: str, now: float):
+        """A hop request for a task this DCC does not know (it was restarted, so its task
+        state is gone): rebuild the task from what the request carries - the itinerary,
+        target, deadline, client and MPVU, the model's size - and go on with it."""
+        itin, parties = msg.tlvs.get(Tlv.ITINERARY), msg.tlvs.get(Tlv.PARTIES)
+        target, deadline, chunk = msg.tlvs.get(Tlv.TARGET_ACCURACY), msg.tlvs.get(Tlv.DEADLINE), msg.tlvs.get(Tlv.CHUNK)
+        if itin is None or parties is None or target is None or deadline is None or not itin.segments:
+            return  # an older node: the hop request is refused and the node follows its itinerary
+        try:
+            events = self.tracker.adopt(
+                task_id=msg.task_id, holder=node, client=wire.node_name(parties.client),
+                mpvu=wire.node_name(parties.mpvu), target=float(target), deadline=deadline / 1000,
+                model_bytes=int(chunk.total) if chunk is not None and chunk.total else 1,
+                segments=[wire.node_name(n) for n in itin.segments], ptr=itin.ptr, lap=itin.lap,
+                max_laps=itin.max_laps, hop=msg.hop_count, dscp=task_dscp(msg.task_id), now=now)
+        except ValueError as e:
+            self._event("adopt_refused", task=msg.task_id, node=node, reason=str(e))
+            return
+        for e in events:
+            self._event(e.pop("kind"), **e)
+
+    END_REASONS = {"target_reached": wire.EndReason.TARGET_REACHED, "deadline": wire.EndReason.DEADLINE,
+                   "max_laps": wire.EndReason.MAX_LAPS, "infeasible": wire.EndReason.INFEASIBLE}
+
+    def _discard_answer(self, msg: Message, t) -> Message:
+        return Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
+                       model_version=msg.model_version, hop_count=msg.hop_count,
+                       tlvs={Tlv.ITINERARY: self._itinerary_tlv(t), Tlv.END_REASON: wire.EndReason.ROLLED_BACK},
+                       body=wire.ItineraryBody(self.policy_name))
+
+    def _stale_holder(self, msg: Message, node: str, now: float) -> Message | None:
+        """A node the task was recovered from (it was down while holding the model) is back
+        and asks where its copy goes: the task went on without it, so that copy is discarded."""
+        t = self.tracker.tasks.get(msg.task_id)
+        if t is None or (msg.task_id, node) not in self.lost_holders:
+            return None
+        self._event("superseded_model_discarded", task=msg.task_id, node=node, version=msg.model_version,
+                    sha256=msg.tlvs[Tlv.MODEL_DIGEST].hex() if Tlv.MODEL_DIGEST in msg.tlvs else None,
+                    reason=f"the task was recovered from version {self.lost_holders[(msg.task_id, node)]} "
+                           f"while {node} was down")
+        return self._discard_answer(msg, t)
+
+    def _check_poison(self, msg: Message, node: str, now: float) -> Message | None:
+        """A stop's verified accuracy fell more than controller.rollback_drop below the
+        task's last verified version: roll back to that version (the MPVU sends it on),
+        leave the node out of the task, and tell the node to discard its model."""
+        acc, digest = msg.tlvs.get(Tlv.ACCURACY), msg.tlvs.get(Tlv.MODEL_DIGEST)
+        t = self.tracker.tasks.get(msg.task_id)
+        if not self.rollback_drop or acc is None or digest is None or t is None or t.ended is not None \
+                or msg.tlvs.get(Tlv.END_REASON) is not None:
+            return None
+        good = self.lineage.latest_good(msg.task_id)  # before this version is recorded
+        if good is None or good.is_initial or not good.verdicts:
+            return None
+        ref = min(v["accuracy"] for v in good.verdicts)
+        if acc >= ref - self.rollback_drop:
+            return None
+        self._record_version(msg, node, now)
+        bad = digest.hex()
+        why = (f"poisoned model from {node}: verified accuracy {acc:.3f} is {ref - acc:.3f} below version "
+               f"{good.version}'s {ref:.3f} (controller.rollback_drop {self.rollback_drop:g})")
+        self._lineage(self.lineage.abandon(msg.task_id, bad, f"rolled back: {why}"))
+        self._event("rollback", task=msg.task_id, node=node, bad_version=msg.model_version, bad_sha256=bad,
+                    accuracy=acc, to_version=good.version, to_sha256=good.sha256, reference_accuracy=ref,
+                    reason=why, excluded=[node])
+        self._resume_task(msg.task_id, why, now, exclude={node})
+        return self._discard_answer(msg, t)
+
+    def _resume_task(self, task_id: int, cause: str, now: float, exclude=(), lost: str | None = None):
+        """Go on from the MPVU's copy of the task's last verified version (see tasks.resume)."""
+        t = self.tracker.tasks.get(task_id)
+        good = self.lineage.latest_good(task_id)
+        if t is None:
+            return
+        if good is None or good.is_initial or not t.mpvu:
+            self._event("recovery_impossible", task=task_id, cause=cause,
+                        reason="no verified version of the model is kept (the MPVU keeps each version it "
+                               "verified; none yet)")
+            return
+        if lost is not None:
+            self._event("recovery", task=task_id, lost_node=lost, from_version=good.version,
+                        from_sha256=good.sha256, at=t.mpvu, cause=cause)
+            self.lost_holders[(task_id, lost)] = good.version
+        ans, events = self.tracker.resume(task_id, t.mpvu, self._snapshot(now), now, cause, exclude)
+        for e in events:
+            self._event(e.pop("kind"), **e)
+        self.last_sha[task_id] = good.sha256
+        self._install_hop(task_id, t.hop, f"resume: {cause}")
+        tlvs = {Tlv.ITINERARY: self._itinerary_tlv(t), Tlv.TRANSPORT: t.dscp,
+                Tlv.MODEL_DIGEST: bytes.fromhex(good.sha256)}
+        if ans["end"] is not None:
+            tlvs[Tlv.END_REASON] = self.END_REASONS.get(ans["end"], wire.EndReason.ERROR)
+        self.resumes[task_id] = {"version": good.version, "mpvu": t.mpvu, "handoffs": 0, "t": now,
+                                 "msg": Message(MsgType.ITINERARY, task_id=task_id, model_id=task_id,
+                                                model_version=good.version, hop_count=max(t.hop - 1, 0),
+                                                tlvs=tlvs, body=wire.ItineraryBody(cause[:100]))}
+
+    MAX_RESUME_HANDOFFS = 20
+
+    def _resume_instructions(self, mpvu: str, dst: int) -> list[Message]:
+        out = []
+        for tid, r in list(self.resumes.items()):
+            if r["mpvu"] != mpvu:
+                continue
+            if tid not in self.tracker.tasks or r["handoffs"] >= self.MAX_RESUME_HANDOFFS:
+                self.resumes.pop(tid)
+                if tid in self.tracker.tasks:
+                    self._event("resume_failed", task=tid, reason=f"{mpvu} did not send version {r['version']} "
+                                                                  f"on after {r['handoffs']} instructions")
+                continue
+            r["handoffs"] += 1
+            r["msg"].dst = dst
+            out.append(r["msg"])
+        return out
 
     def _record_version(self, msg: Message, node: str, now: float):
         """A hop request names the version its holder trained: into the lineage."""
@@ -890,6 +1034,11 @@ class DCCApp(app_manager.OSKenApp):
         for e in events:
             kind = e.pop("kind")
             self._event(kind, **e)
+            if kind == "node_down":  # a task whose model it held goes on from its last verified version
+                for t in list(self.tracker.tasks.values()):
+                    if t.heading == e.get("node") and t.heading != t.client and t.ended is None:
+                        self._resume_task(t.task_id, f"{t.heading} failed while holding the model", time.time(),
+                                          exclude={t.heading}, lost=t.heading)
             if kind in self.REPLAN_ON:
                 what = e.get("node") or "-".join(str(x) for x in (e.get("a"), e.get("b")) if x)
                 causes.append(f"{self.REPLAN_ON[kind]} ({what})")

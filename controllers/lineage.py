@@ -66,6 +66,9 @@ class Lineage:
         self._orphans: list[dict] = []      # verdicts whose hash is not (yet) recorded
         self._mismatches: list[str] = []    # verdicts naming another version than the record
         self.notes: list[str] = []          # what from_events had to infer or could not use
+        # versions the task left behind on purpose: rolled back (a poisoned model) or lost
+        # with the node that held it (the task resumed from an earlier verified version)
+        self._abandoned: dict[tuple[int, str], str] = {}
 
     # ---- recording -----------------------------------------------------------
     def add_version(self, **fields) -> list[dict]:
@@ -146,6 +149,17 @@ class Lineage:
         return events
 
     # ---- reading ---------------------------------------------------------------
+    def abandon(self, task: int, sha256: str, reason: str) -> list[dict]:
+        """Mark a version the task left behind (rolled back, or lost with its node): it may
+        lack a verdict and its parent may fork into it and the branch the task went on with."""
+        if (task, sha256) in self._abandoned:
+            return []
+        self._abandoned[(task, sha256)] = reason
+        return [{"kind": "model_abandoned", "task": task, "sha256": sha256, "reason": reason}]
+
+    def abandoned(self, task: int, sha256: str) -> str | None:
+        return self._abandoned.get((task, sha256))
+
     def versions(self, task: int | None = None) -> list[ModelVersion]:
         """Recorded versions (of ``task``), in the order recorded."""
         return [v for v in self._versions.values() if task is None or v.task == task]
@@ -166,7 +180,7 @@ class Lineage:
         the chain is the branch that leads to it. If a parent was never recorded
         the chain starts at the oldest version that was (see :meth:`problems`).
         """
-        vs = self.versions(task)
+        vs = [v for v in self.versions(task) if (task, v.sha256) not in self._abandoned]
         if not vs:
             return []
         v = max(vs, key=lambda x: (x.version, x.t))
@@ -218,12 +232,12 @@ class Lineage:
                                f"(version {parent.version})")
             if not self.allow_forks:
                 for p in vs:
-                    kids = self._children(task, p.sha256)
+                    kids = [k for k in self._children(task, p.sha256) if (task, k.sha256) not in self._abandoned]
                     if len(kids) > 1:
                         out.append(f"task {task}: fork: {p.describe()} has {len(kids)} children: "
                                    + ", ".join(k.describe() for k in kids))
             for v in vs:
-                if not v.verdicts and not v.is_initial:
+                if not v.verdicts and not v.is_initial and (task, v.sha256) not in self._abandoned:
                     out.append(f"{v.describe()} has no verdict")
         for o in self._orphans:
             out.append(f"verdict by {o['by']} for task {o['task']} version {o['version']} on hash "
@@ -235,13 +249,14 @@ class Lineage:
     def to_dict(self) -> dict:
         return {"allow_forks": self.allow_forks,
                 "versions": [dataclasses.asdict(v) for v in self._versions.values()],
+                "abandoned": [{"task": t, "sha256": h, "reason": r} for (t, h), r in self._abandoned.items()],
                 "orphan_verdicts": [dict(o) for o in self._orphans],
                 "verdict_mismatches": list(self._mismatches),
                 "notes": list(self.notes)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Lineage":
-        known = {"allow_forks", "versions", "orphan_verdicts", "verdict_mismatches", "notes"}
+        known = {"allow_forks", "versions", "orphan_verdicts", "verdict_mismatches", "notes", "abandoned"}
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"lineage dict has unknown key(s) {unknown}; known: {sorted(known)}")
@@ -254,6 +269,8 @@ class Lineage:
         lin._orphans = [dict(o) for o in d.get("orphan_verdicts", [])]
         lin._mismatches = list(d.get("verdict_mismatches", []))
         lin.notes = list(d.get("notes", []))
+        for a in d.get("abandoned", []):
+            lin._abandoned[(a["task"], a["sha256"])] = a["reason"]
         return lin
 
     @classmethod
@@ -334,6 +351,16 @@ class Lineage:
                         parent_sha256=parent, trained_at=e.get("src"), epochs=epochs,
                         samples=e.get("samples"), label_hist=h, t=e["t"])
             last[(e["task"], e["version"])] = e["sha256"]
+
+        # versions left behind: rolled back by the DCC (hash known), or trained by a node
+        # that was lost while holding the model (the DCC resumed from an earlier version)
+        for e in evs:
+            if e.get("kind") == "model_abandoned" and e.get("sha256"):
+                lin.abandon(e["task"], e["sha256"], e.get("reason", "abandoned"))
+            elif e.get("kind") == "recovery" and e.get("lost_node") and e.get("from_sha256"):
+                for v in lin.versions(e["task"]):
+                    if v.trained_at == e["lost_node"] and v.parent_sha256 == e["from_sha256"]:
+                        lin.abandon(v.task, v.sha256, f"lost with {e['lost_node']}")
 
         by_version = {(v.task, v.version): v.sha256 for v in lin.versions()}
         seen: set[tuple] = set()

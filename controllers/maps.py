@@ -77,6 +77,10 @@ Snapshot (:meth:`NetworkMaps.snapshot`), JSON-ready, stable keys::
 Events returned by the methods are dicts with ``kind`` and ``t`` (``now``) plus details:
 ``node_joined``, ``node_up``, ``knowledge_changed``, ``node_down``, ``node_expired``,
 ``link_up``, ``link_down``, ``capacity_changed``, ``counters_expired``, ``latency_expired``.
+
+Planners do not read the snapshot raw: :func:`plan_view` gives them configured values unless a
+measurement differs materially (so measurement noise cannot change a plan between two runs of
+one spec; ``daitn replay``), and structural changes as they are.
 """
 from __future__ import annotations
 
@@ -87,7 +91,7 @@ from typing import Iterable
 
 import networkx as nx
 
-__all__ = ["LinkInfo", "NetworkMaps", "MapsError", "ROLES", "STATUSES"]
+__all__ = ["LinkInfo", "NetworkMaps", "MapsError", "ROLES", "STATUSES", "PLAN_INPUTS", "plan_view"]
 
 ROLES = ("data", "mpvu", "client", "compute", "inference")  # nodes.wire.Role, lower-case
 STATUSES = ("fresh", "stale", "down", "expired")
@@ -501,3 +505,72 @@ class NetworkMaps:
                 out[name] = {**{k: (list(v) if isinstance(v, list) else v) for k, v in nd.report.items()},
                              "age_s": age, "status": st}
         return out
+
+
+# ---- what the planners see -----------------------------------------------------------------
+# Measured link state is noisy: LLDP latency on a 0 ms link reads 0-0.4 ms (tens of ms on a
+# busy controller), utilisation from port counters moves with every knowledge report, a node's
+# load depends on when its report fell relative to its training. Fed as they are to MTRCE,
+# such noise reorders close candidates (greedy's gain per second differs by 1 % between two
+# stops of the quickstart), so two runs of one spec could plan differently. The planners
+# therefore see ``plan_view(snapshot)``: configured values unless a measurement differs
+# materially, and material measurements rounded. Structural changes (a link or node down or
+# up, a capacity the testbed set) are not touched, so re-planning on real changes works as before.
+PLAN_INPUTS = ("settled", "measured", "configured")
+LATENCY_MATERIAL_MS = 2.0    # |measured - configured| latency below max(this, ...) is noise
+LATENCY_MATERIAL_REL = 0.25  # ... or below this fraction of the configured delay
+UTILISATION_MATERIAL = 0.2   # a direction less loaded than this counts as free
+UTILISATION_STEP = 0.1       # above it, utilisation is rounded to this
+LOAD_STEP = 0.5              # a node's load (0..1) is rounded to this: idle, half, busy
+
+
+def _step(x: float, step: float) -> float:
+    return round(round(x / step) * step, 9)
+
+
+def plan_view(snapshot: dict, inputs: str = "settled") -> dict:
+    """The maps as the DCC's planners (MTRCE, hop paths) see them; ``snapshot`` is not changed.
+
+    - ``measured``: the snapshot as it is;
+    - ``configured``: no measurement at all: latency = configured delay, rate = capacity,
+      node load 0 (queued jobs still count: they are reported, not measured);
+    - ``settled`` (the default): per link, the configured delay unless the measured latency
+      differs from it by more than max(LATENCY_MATERIAL_MS, LATENCY_MATERIAL_REL x delay),
+      then the measurement rounded to LATENCY_MATERIAL_MS; per direction, the whole capacity
+      unless the measured utilisation reaches UTILISATION_MATERIAL, then the utilisation
+      rounded to UTILISATION_STEP; node load rounded to LOAD_STEP.
+    """
+    if inputs not in PLAN_INPUTS:
+        raise MapsError(f"plan inputs must be one of {', '.join(PLAN_INPUTS)}, got {inputs!r}")
+    if inputs == "measured":
+        return snapshot
+    drrt = snapshot.get("drrt")
+    if not drrt:
+        return snapshot
+    res = drrt.get("resources", {})
+    links = []
+    for row in res.get("links", []):
+        row = dict(row)
+        delay = float(row.get("delay_ms") or 0.0)
+        lat = row.get("latency_ms")
+        if inputs == "configured" or (lat is not None and abs(lat - delay) <= max(LATENCY_MATERIAL_MS,
+                                                                                  LATENCY_MATERIAL_REL * delay)):
+            row["latency_ms"] = None if inputs == "configured" else delay
+        elif lat is not None:
+            row["latency_ms"] = _step(lat, LATENCY_MATERIAL_MS)
+        cap = row.get("capacity_mbps")
+        for d in ("a_to_b", "b_to_a"):
+            m = dict(row.get(d) or {})
+            if inputs == "configured":
+                m.update(rate_mbps=None, utilisation=None, available_mbps=None)
+            elif cap and m.get("rate_mbps") is not None:
+                u = m["rate_mbps"] / cap
+                u = 0.0 if u < UTILISATION_MATERIAL else min(_step(u, UTILISATION_STEP), 1.0)
+                m.update(rate_mbps=u * cap, utilisation=u, available_mbps=max(0.0, cap * (1 - u)))
+            row[d] = m
+        links.append(row)
+    compute = {}
+    for node, c in res.get("compute", {}).items():
+        load = float(c.get("load") or 0.0)
+        compute[node] = dict(c, load=0.0 if inputs == "configured" else _step(min(max(load, 0.0), 1.0), LOAD_STEP))
+    return {**snapshot, "drrt": {**drrt, "resources": {**res, "links": links, "compute": compute}}}

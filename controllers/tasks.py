@@ -15,6 +15,8 @@ and moved on) or until the task ends, so a hop never loses its path mid-transfer
 """
 from __future__ import annotations
 
+import dataclasses
+
 import math
 from dataclasses import dataclass, field
 
@@ -22,6 +24,7 @@ import networkx as nx
 
 from controllers import aiflows
 from controllers.fabric import Fabric, FlowSpec
+from controllers.maps import PLAN_INPUTS, plan_view
 from controllers.mtrce import Plan, Policy, TrainingRequest
 from controllers.tfam import Assessment, CostModel, assess
 
@@ -112,7 +115,7 @@ class TaskTracker:
     """Active training tasks of the DCC; see the module docstring."""
 
     def __init__(self, fabric: Fabric, policy: Policy, cost: CostModel | None = None,
-                 ip_of=None, reserve_mbps: float | None = None):
+                 ip_of=None, reserve_mbps: float | None = None, plan_inputs: str | None = None):
         self.fabric = fabric
         self.policy = policy
         self.cost = cost or CostModel()
@@ -123,11 +126,18 @@ class TaskTracker:
         # legs the plan did not cost (after a re-plan without plan, ...) are routed as the
         # policy routes: the naive baseline by fewest hops, the others by transfer time
         self.route = fewest_hops_path if policy.name == "naive" else fastest_path
+        # What plans and hop paths see of measured state (controllers.maps.plan_view): settled
+        # unless the fabric's config (spec controller.plan_inputs) says otherwise. Settled
+        # inputs make a replay of a run plan the same; real changes still re-plan.
+        self.plan_inputs = plan_inputs or fabric.extra.get("plan_inputs") or "settled"
+        if self.plan_inputs not in PLAN_INPUTS:
+            raise ValueError(f"plan_inputs must be one of {', '.join(PLAN_INPUTS)}, got {self.plan_inputs!r}")
 
     # ---- requests ------------------------------------------------------------
     def submit(self, req: TrainingRequest, dscp: int, snapshot: dict, now: float,
                max_laps: int) -> tuple[Assessment, ActiveTask | None, list[dict]]:
         """T-FAM + MTRCE for a new task; if feasible, its first hop starts (client -> stop 1)."""
+        snapshot = plan_view(snapshot, self.plan_inputs)
         a = assess(req, snapshot, now, self.policy, self.cost)
         ev = [{"kind": "feasibility", "task": req.task_id, **a.to_dict()}]
         if not a.feasible or a.plan is None or not a.plan.stops:
@@ -145,6 +155,7 @@ class TaskTracker:
         """The model's holder asks where to go next. Returns the answer
         {"next", "ptr", "lap", "segments", "end"} and events. ``end_reason``: the
         holder ended the task itself (target reached, deadline)."""
+        snapshot = plan_view(snapshot, self.plan_inputs)
         t = self.tasks.get(task_id)
         if t is None:
             raise KeyError(f"task {task_id} is not active at the DCC")
@@ -182,6 +193,7 @@ class TaskTracker:
         """Re-plan every active task from where its model is: the remaining stops
         are re-chosen (nodes now down are left out) and the current hop's flows
         move to the best path that exists now."""
+        snapshot = plan_view(snapshot, self.plan_inputs)
         ev = []
         for t in list(self.tasks.values()):
             if t.ended is None:
@@ -217,6 +229,61 @@ class TaskTracker:
                                    "reasons": a.reasons[-5:], "policy": self.policy.name})
             ev += self._reroute(t, snapshot, cause)
         return ev
+
+    def adopt(self, *, task_id: int, holder: str, client: str, mpvu: str, target: float, deadline: float,
+              model_bytes: int, segments: list[str], ptr: int, lap: int, max_laps: int, hop: int, dscp: int,
+              now: float) -> list[dict]:
+        """Take over a task another DCC planned (this one was restarted and lost its state):
+        the model is at ``holder``, which asks where next; the itinerary it carries is the
+        plan. Returns events; the hop request is then answered as usual."""
+        if task_id in self.tasks:
+            raise ValueError(f"task {task_id} is active already")
+        req = TrainingRequest(task_id=task_id, client=client, model_bytes=max(int(model_bytes), 1),
+                              target_accuracy=target, deadline_s=max(deadline - now, 0.001),
+                              max_laps=max(max_laps, 1))
+        a = Assessment(True, [f"adopted from {holder}'s hop request after a DCC restart: the itinerary it "
+                              f"carries is the plan"], None, None, None, None)
+        t = ActiveTask(task_id, client, mpvu, dscp, req, a, list(segments), max(max_laps, 1), deadline, now,
+                       ptr=ptr, lap=lap, holder=holder, heading=holder, hop=hop)
+        self.tasks[task_id] = t
+        return [{"kind": "task_adopted", "task": task_id, "holder": holder, "client": client, "mpvu": mpvu,
+                 "segments": list(segments), "ptr": ptr, "lap": lap, "hop": hop,
+                 "deadline_in_s": round(deadline - now, 3)}]
+
+    def resume(self, task_id: int, holder: str, snapshot: dict, now: float, cause: str,
+               exclude=()) -> tuple[dict, list[dict]]:
+        """Go on from a copy of the model at ``holder`` (the MPVU, which keeps the last
+        verified versions): the model's holder died, or its version was rolled back.
+        ``exclude`` is left out of this task's plans from now on; the remaining stops
+        are planned from ``holder`` and the next hop starts there. Returns the answer
+        for ``holder`` ({"next", ..., "end"}) and events."""
+        snapshot = plan_view(snapshot, self.plan_inputs)
+        t = self.tasks[task_id]
+        if exclude:
+            t.request = dataclasses.replace(t.request, exclude=frozenset(t.request.exclude or ()) | set(exclude))
+        req = dataclasses.replace(t.request, start=holder, deadline_s=max(t.deadline - now, 0.0),
+                                  max_laps=max(t.max_laps - t.lap, 1))
+        a = assess(req, snapshot, now, self.policy, self.cost)
+        old = list(t.segments)
+        nodes = snapshot.get("nodes", {})
+        if a.plan is not None and a.plan.stops:
+            new = a.plan.itinerary()
+            t.planned = plan_paths(a.plan)
+        else:  # no plan: the old stops still up and allowed
+            new = [n for n in old if n not in req.exclude and nodes.get(n, {}).get("status") in ("fresh", "stale")]
+        t.replans += 1
+        ev = [{"kind": "replan", "task": task_id, "cause": cause, "old": old, "new": new, "from": holder,
+               "feasible": a.feasible, "reasons": a.reasons[-5:], "policy": self.policy.name}]
+        if now >= t.deadline:
+            t.ended = "deadline"
+        elif not new:
+            t.ended = "infeasible"
+        if t.ended is not None:  # the verified version goes back to the client
+            ev += self._move(t, t.client, t.ptr, t.lap, snapshot, f"task ends: {t.ended}", holder=holder)
+        else:
+            t.segments = new
+            ev += self._move(t, new[0], 0, t.lap, snapshot, f"resume from {holder}: {cause}", holder=holder)
+        return self._answer(t), ev
 
     # ---- flows ---------------------------------------------------------------
     def wanted_flows(self) -> set[FlowSpec]:

@@ -141,6 +141,7 @@ class EndReason(enum.IntEnum):
     MAX_LAPS = 3
     INFEASIBLE = 4
     ERROR = 5
+    ROLLED_BACK = 6              # the DCC rolled the task back to an earlier verified version: discard this model
 
 
 class AckStatus(enum.IntEnum):

@@ -228,10 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("run_dir")
     st.add_argument("--json", action="store_true")
     st.set_defaults(fn=cmd_status)
-    from testbed import compare, report, submit
+    from testbed import compare, replay, report, submit
     submit.add_parser(sub)
     compare.add_parser(sub)
     report.add_parser(sub)
+    replay.add_parser(sub)
     cl = sub.add_parser("clean", help="remove leftovers of this testbed only")
     cl.add_argument("--run", help="only leftovers of this run id")
     cl.set_defaults(fn=cmd_clean)

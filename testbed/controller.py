@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from controllers.fabric import Fabric
@@ -54,11 +55,13 @@ class ControllerProcess:
         self.stop()
         return False
 
-    def start(self):
+    def start(self, keep: bool = False):
+        """Start the DCC; ``keep``: a restart - its events file grows on, its state is rebuilt."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.fabric_path.write_text(json.dumps(self.fabric.to_dict(), indent=1))
         for p in (self.state_path, self.events_path):
-            p.unlink(missing_ok=True)
+            if not keep or p == self.state_path:
+                p.unlink(missing_ok=True)
         env = dict(os.environ, DAITN_FABRIC=str(self.fabric_path), DAITN_STATE=str(self.state_path),
                    DAITN_EVENTS=str(self.events_path), DAITN_RUN=self.run_id,
                    DAITN_LLDP_INTERVAL=str(self.lldp_interval),
@@ -123,6 +126,19 @@ class ControllerProcess:
         except FileNotFoundError:
             return []
         return [ln for ln in text.splitlines() if "Traceback" in ln or " ERROR " in ln]
+
+    def crash_and_restart(self, down_s: float = 0.0) -> float:
+        """Kill the DCC (SIGKILL: a crash, nothing saved), stay down ``down_s``, start it
+        again on the same OpenFlow and API ports; returns the seconds it was not listening."""
+        t0 = time.time()
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        self._log.close()
+        self.proc = None
+        time.sleep(down_s)
+        self.start(keep=True)
+        return time.time() - t0
 
     def stop(self):
         if self.proc is None:

@@ -114,7 +114,7 @@ def test_enum_values_are_the_wire_contract():
         "ITINERARY": 16, "MODEL_DIGEST": 17, "CHUNK": 18, "TRANSPORT": 19, "PARTIES": 20,
         "END_REASON": 21, "ACCURACY": 22}
     assert [int(r) for r in Role] == [1, 2, 4, 8, 16]
-    assert [int(e) for e in EndReason] == [1, 2, 3, 4, 5]
+    assert [int(e) for e in EndReason] == [1, 2, 3, 4, 5, 6]
     assert [int(s) for s in AckStatus] == [0, 1, 2]
     assert [int(p) for p in Privacy] == [0, 1, 2]
 
@@ -380,8 +380,8 @@ TRP = struct.pack("!Q", 1)
     (bytes([19, 4, 64, 0, 0, 0]), "TLV TRANSPORT dscp = 64: a DSCP is 0..63"),
     (bytes([19, 1, 0, 0]), "TLV TRANSPORT has length 1, must be 4"),
     (bytes([20, 2, 0, 1, 0, 0]), "TLV PARTIES has length 2, must be 4"),
-    (bytes([21, 1, 0, 0]), r"TLV END_REASON = 0 is not one of \[1, 2, 3, 4, 5\]"),
-    (bytes([21, 1, 6, 0]), "TLV END_REASON = 6"),
+    (bytes([21, 1, 0, 0]), r"TLV END_REASON = 0 is not one of \[1, 2, 3, 4, 5, 6\]"),
+    (bytes([21, 1, 7, 0]), "TLV END_REASON = 7"),
     (bytes([22, 1, 0, 0]), "TLV ACCURACY has length 1, must be 2"),
 ])
 def test_decode_rejects_bad_tlvs(area, match):

@@ -42,7 +42,7 @@ local tlv_types = {
 local privacy_levels = { [0] = "public", [1] = "trusted nodes only", [2] = "local only" }
 local end_reasons = {
     [1] = "target reached", [2] = "deadline", [3] = "max laps",
-    [4] = "infeasible", [5] = "error",
+    [4] = "infeasible", [5] = "error", [6] = "rolled back",
 }
 local ack_status = { [0] = "ok", [1] = "digest mismatch", [2] = "refused" }
 
