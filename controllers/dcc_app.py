@@ -113,6 +113,10 @@ class DCCApp(app_manager.OSKenApp):
         self.last_sha: dict[int, str] = {}  # task -> hash of its latest version
         self.plans: dict[int, dict] = {}  # task -> T-FAM assessment (with the plan)
         self.epochs = int(self.fabric.extra.get("local_epochs", 1))
+        # training.max_local_epochs: the plan chooses each stop's epochs (TLV EPOCHS in the answers)
+        self.max_epochs = self.fabric.extra.get("max_local_epochs")
+        if self.max_epochs is not None and self.max_epochs < self.epochs:
+            self.max_epochs = self.epochs
         self.router = QueryRouter(seed=int(self.fabric.extra.get("seed", 0)))
         self.query_routes: dict[tuple, dict] = {}   # (client, server, model) -> {"flows", "last"}
         self.query_answers: dict[tuple, list] = {}  # (client, query seq, excluded) -> answers (idempotent)
@@ -167,6 +171,7 @@ class DCCApp(app_manager.OSKenApp):
             f.write(json.dumps(rec, sort_keys=True) + "\n")
 
     def _write_state(self):
+        t0 = time.time()
         state = {
             "pid": os.getpid(),
             "switches_connected": sorted(self.datapaths),
@@ -196,6 +201,7 @@ class DCCApp(app_manager.OSKenApp):
         with open(tmp, "w") as f:
             json.dump(state, f, sort_keys=True, default=list)
         os.replace(tmp, self.state_path)
+        self.state_written, self.state_cost = time.time(), time.time() - t0
 
     # ---- OpenFlow translation ---------------------------------------------
     def _send_flow(self, spec: fab.FlowSpec, delete: bool = False):
@@ -385,7 +391,11 @@ class DCCApp(app_manager.OSKenApp):
         if now - self.last_probe < self.probe_interval * 0.95:
             if now - self.last_stats >= self.stats_interval:
                 self._request_stats(now)
-            self._write_state()
+            # The periodic write takes at most ~10 % of the event loop: at 200 hosts the
+            # state (flows of 21 switches) is ~1 MB and ~150 ms to write; written 3 times a
+            # second it starved LLDP and OpenFlow echoes (links and switches flapped)
+            if now - getattr(self, "state_written", 0.0) >= 10 * getattr(self, "state_cost", 0.0):
+                self._write_state()
             return
         self.last_probe = now
         # Probe every port each interval; a link unseen for 3.5 intervals is gone.
@@ -762,7 +772,8 @@ class DCCApp(app_manager.OSKenApp):
             deadline_s=(deadline / 1000 - now) if deadline else 3600.0,
             required_labels=tuple(msg.tlvs[Tlv.REQUIRED_LABELS]) if msg.tlvs.get(Tlv.REQUIRED_LABELS) else None,
             byte_budget=msg.tlvs.get(Tlv.BYTE_BUDGET),
-            max_laps=(ask.max_laps if ask is not None and ask.max_laps else 10))
+            max_laps=(ask.max_laps if ask is not None and ask.max_laps else 10),
+            local_epochs=self.epochs, max_epochs=self.max_epochs)
         dscp = task_dscp(msg.task_id)
         digest = msg.tlvs.get(Tlv.MODEL_DIGEST)
         if digest is not None:  # the initial model (version 0) opens the task's lineage
@@ -791,9 +802,17 @@ class DCCApp(app_manager.OSKenApp):
         self._install_hop(task.task_id, task.hop, "first hop")
         plan_msg = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
                            tlvs={Tlv.ITINERARY: self._itinerary_tlv(task), Tlv.TRANSPORT: dscp,
-                                 Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(task.mpvu))},
+                                 Tlv.PARTIES: wire.Parties(wire.node_id(client), wire.node_id(task.mpvu)),
+                                 **self._epochs_tlv(task)},
                            body=wire.ItineraryBody(self.policy_name))
         return feas, plan_msg
+
+    def _epochs_tlv(self, task) -> dict:
+        """The local epochs the plan gives the stop the model goes to (only when the plan
+        chooses them: training.max_local_epochs)."""
+        if self.max_epochs is None or task.heading is None or task.heading == task.client:
+            return {}
+        return {Tlv.EPOCHS: int(task.epochs.get(task.heading, self.epochs))}
 
     @staticmethod
     def _itinerary_tlv(task) -> wire.Itinerary:
@@ -828,6 +847,8 @@ class DCCApp(app_manager.OSKenApp):
             task = self.tracker.tasks[msg.task_id]
             self._install_hop(msg.task_id, task.hop, "hop request")
             tlvs = {Tlv.ITINERARY: self._itinerary_tlv(task), Tlv.TRANSPORT: task.dscp}
+            if ans["end"] is None:
+                tlvs.update(self._epochs_tlv(task))
             if ans["end"] is not None:
                 tlvs[Tlv.END_REASON] = self.END_REASONS.get(ans["end"], wire.EndReason.ERROR)
             self.hop_answers[key] = Message(MsgType.ITINERARY, task_id=msg.task_id, model_id=msg.model_id,
@@ -926,7 +947,7 @@ class DCCApp(app_manager.OSKenApp):
         self.last_sha[task_id] = good.sha256
         self._install_hop(task_id, t.hop, f"resume: {cause}")
         tlvs = {Tlv.ITINERARY: self._itinerary_tlv(t), Tlv.TRANSPORT: t.dscp,
-                Tlv.MODEL_DIGEST: bytes.fromhex(good.sha256)}
+                Tlv.MODEL_DIGEST: bytes.fromhex(good.sha256), **self._epochs_tlv(t)}
         if ans["end"] is not None:
             tlvs[Tlv.END_REASON] = self.END_REASONS.get(ans["end"], wire.EndReason.ERROR)
         self.resumes[task_id] = {"version": good.version, "mpvu": t.mpvu, "handoffs": 0, "t": now,
@@ -961,7 +982,8 @@ class DCCApp(app_manager.OSKenApp):
         try:
             self._lineage(self.lineage.add_version(
                 task=msg.task_id, model_id=msg.model_id, version=msg.model_version, sha256=digest.hex(),
-                parent_sha256=self.last_sha.get(msg.task_id), trained_at=node, epochs=self.epochs,
+                parent_sha256=self.last_sha.get(msg.task_id), trained_at=node,
+                epochs=(t.epochs.get(node, self.epochs) if (t := self.tracker.tasks.get(msg.task_id)) else self.epochs),
                 samples=k.get("samples"), label_hist=k.get("label_hist"), t=now))
             self.last_sha[msg.task_id] = digest.hex()
         except (ValueError, TypeError) as e:

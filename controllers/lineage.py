@@ -348,7 +348,7 @@ class Lineage:
                                  f"event; taken as the hash of version {e['version'] - 1}"
                                  + ("" if parent else " (unknown)"))
             lin._record(task=e["task"], model_id=e["task"], version=e["version"], sha256=e["sha256"],
-                        parent_sha256=parent, trained_at=e.get("src"), epochs=epochs,
+                        parent_sha256=parent, trained_at=e.get("src"), epochs=e.get("epochs", epochs),
                         samples=e.get("samples"), label_hist=h, t=e["t"])
             last[(e["task"], e["version"])] = e["sha256"]
 

@@ -108,7 +108,8 @@ class TrainingRequest:
     required_labels: tuple[int, ...] | None = None
     byte_budget: int | None = None
     max_laps: int = 10
-    local_epochs: int = 1                  # epochs per stop (the runtime trains every stop alike)
+    local_epochs: int = 1                  # epochs per stop (the fewest a stop trains)
+    max_epochs: int | None = None          # a policy may give a stop up to this many (None: local_epochs)
     mpvu: str | None = None                # None: pick a live MPVU from the snapshot
     start: str | None = None               # where the model is now (re-planning); None = client
     exclude: frozenset[str] = frozenset()  # nodes not to visit (failed, distrusted)
@@ -122,6 +123,10 @@ class TrainingRequest:
             raise ValueError(f"task {self.task_id}: max_laps must be an integer >= 1, got {self.max_laps!r}")
         if not (isinstance(self.local_epochs, int) and self.local_epochs >= 1):
             raise ValueError(f"task {self.task_id}: local_epochs must be an integer >= 1, got {self.local_epochs!r}")
+        if self.max_epochs is not None and not (isinstance(self.max_epochs, int)
+                                                and self.local_epochs <= self.max_epochs <= 255):
+            raise ValueError(f"task {self.task_id}: max_epochs must be an integer in "
+                             f"[local_epochs={self.local_epochs}, 255] or None, got {self.max_epochs!r}")
         if self.byte_budget is not None and self.byte_budget < 0:
             raise ValueError(f"task {self.task_id}: byte_budget must be >= 0 or None, got {self.byte_budget!r}")
         if self.required_labels is not None:
@@ -381,6 +386,8 @@ class _Context:
         self.router = _Router(drrt["resources"]["links"], self.nbytes, cost, fewest_hops)
         self.client = req.client
         self.start = req.start or req.client
+        self.epochs: dict[str, int] = {}       # local epochs per candidate stop
+        self.compute_of: dict[str, dict] = {}
         self.n_classes = max((len(k.get("label_hist") or []) for k in know.values()), default=0) or 10
         self.blocking: list[str] = []
         skipped = {"excluded": [], "down": [], "empty": [], "compute": [], "unreachable": []}
@@ -429,6 +436,8 @@ class _Context:
             self.cands[node] = _Cand(node, int(k["samples"]), int(k["samples"]) * req.local_epochs, hist,
                                      sum(1 << i for i in labels), labels, train_s,
                                      cost.wait_seconds(train_s, c.get("load", 0.0), c.get("queue_len", 0)))
+            self.compute_of[node] = c
+            self.epochs[node] = req.local_epochs
         self.order = list(self.cands)  # natural order
         if not self.cands and here in self.router:
             if unreachable_usable:
@@ -546,6 +555,22 @@ class _Context:
                             "required": (hist > 0) & req[None, :]}
         return self._arrays
 
+    def set_epochs(self, node: str, epochs: int):
+        """Train ``epochs`` local epochs at ``node``: its sample-epochs, training and queueing
+        estimates follow (the greedy step's arrays are rebuilt)."""
+        c, comp = self.cands[node], self.compute_of[node]
+        c.n = c.samples * epochs
+        c.train_s = self.cost.train_seconds(c.samples, epochs, comp["capacity"], self.req.model_bytes)
+        c.wait_s = self.cost.wait_seconds(c.train_s, comp.get("load", 0.0), comp.get("queue_len", 0))
+        self.epochs[node] = epochs
+        self._arrays = None
+
+    def key_of(self, seq: list[str]) -> tuple:
+        tour = _Tour(self)
+        for n in seq:
+            tour.push(n)
+        return tour.score().key
+
     def build(self, seq: list[str], policy: str) -> Plan:
         """The plan for itinerary ``seq`` with its estimates and verdict."""
         if not seq:
@@ -565,7 +590,7 @@ class _Context:
         for i, n in enumerate(seq):
             c = self.cands[n]
             vs, _, vh = self.verify(n)
-            stops.append(Stop(n, self.req.local_epochs, c.samples, list(c.labels), c.train_s,
+            stops.append(Stop(n, self.epochs.get(n, self.req.local_epochs), c.samples, list(c.labels), c.train_s,
                               self.hop(self.start if i == 0 else seq[i - 1], n), c.wait_s, vh, vs))
         lap_hop = self.hop(seq[-1], seq[0]) if sc.laps > 1 else None
         ret = self.hop(seq[sc.end - 1], self.client)
@@ -705,6 +730,8 @@ class Policy(ABC):
         t0 = time.perf_counter()
         ctx = _Context(req, snapshot, now, cost or CostModel(), self.fewest_hops)
         seq = self.choose(ctx) if ctx.cands else []
+        if seq and req.max_epochs and req.max_epochs > req.local_epochs:
+            self.tune_epochs(ctx, seq)
         plan = ctx.build(seq, self.name)
         plan.planning_ms = (time.perf_counter() - t0) * 1000
         return plan
@@ -712,6 +739,29 @@ class Policy(ABC):
     @abstractmethod
     def choose(self, ctx: _Context) -> list[str]:
         """The itinerary (usable candidates of ``ctx``, in visiting order)."""
+
+    def tune_epochs(self, ctx: _Context, seq: list[str], passes: int = 2):
+        """Local epochs per stop of ``seq``, from local_epochs to max_epochs: for each stop in
+        turn the count whose plan ranks best (the plan key: constraints met, then estimated
+        seconds), until a pass changes nothing. More epochs at a stop trade its training time
+        for laps (transfers and verifications) the target would otherwise need; the expected
+        accuracy counts them as sample-epochs of the same distinct samples (tfam), so the
+        ceiling a stop's data allows does not rise with them."""
+        lo, hi = ctx.req.local_epochs, ctx.req.max_epochs
+        for _ in range(passes):
+            changed = False
+            for node in dict.fromkeys(seq):
+                best_e, best_k = ctx.epochs[node], ctx.key_of(seq)
+                for e in range(lo, hi + 1):
+                    if e == best_e:
+                        continue
+                    ctx.set_epochs(node, e)
+                    k = ctx.key_of(seq)
+                    if k < best_k:
+                        best_e, best_k, changed = e, k, True
+                ctx.set_epochs(node, best_e)
+            if not changed:
+                return
 
 
 class GreedyCoveragePerCost(Policy):

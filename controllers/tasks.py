@@ -109,6 +109,7 @@ class ActiveTask:
     replans: int = 0
     ended: str | None = None
     planned: dict = field(default_factory=dict)  # (from, to) -> the path the plan costed
+    epochs: dict = field(default_factory=dict)   # stop -> local epochs the plan gives it
 
 
 class TaskTracker:
@@ -144,7 +145,8 @@ class TaskTracker:
             return a, None, ev
         plan = a.plan
         t = ActiveTask(req.task_id, req.client, plan.mpvu, dscp, req, a, plan.itinerary(), max_laps,
-                       now + req.deadline_s, now, holder=req.client, planned=plan_paths(plan))
+                       now + req.deadline_s, now, holder=req.client, planned=plan_paths(plan),
+                       epochs={s.node: s.epochs for s in plan.stops})
         self.tasks[t.task_id] = t
         ev.append({"kind": "plan", "task": t.task_id, "policy": plan.policy, **plan.to_dict()})
         ev += self._move(t, t.segments[0], 0, 0, snapshot, "first stop of the plan")
@@ -207,6 +209,7 @@ class TaskTracker:
                 if a.plan is not None and a.plan.stops:
                     new = a.plan.itinerary()
                     t.planned = plan_paths(a.plan)
+                    t.epochs.update({s.node: s.epochs for s in a.plan.stops})
                 else:  # no plan at all: keep the old stops that are still up
                     nodes = snapshot.get("nodes", {})
                     new = [n for n in old if nodes.get(n, {}).get("status") in ("fresh", "stale")]
@@ -269,6 +272,7 @@ class TaskTracker:
         if a.plan is not None and a.plan.stops:
             new = a.plan.itinerary()
             t.planned = plan_paths(a.plan)
+            t.epochs.update({s.node: s.epochs for s in a.plan.stops})
         else:  # no plan: the old stops still up and allowed
             new = [n for n in old if n not in req.exclude and nodes.get(n, {}).get("status") in ("fresh", "stale")]
         t.replans += 1

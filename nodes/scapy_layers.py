@@ -147,6 +147,7 @@ DAITNTLVRequiredLabels = _tlv("DAITNTLVRequiredLabels", Tlv.REQUIRED_LABELS,
                                               length_from=lambda p: p.len)], None)
 DAITNTLVMaxHops = _tlv("DAITNTLVMaxHops", Tlv.MAX_HOPS, [ByteField("max_hops", 0)], 1)
 DAITNTLVByteBudget = _tlv("DAITNTLVByteBudget", Tlv.BYTE_BUDGET, [LongField("byte_budget", 0)], 8)
+DAITNTLVEpochs = _tlv("DAITNTLVEpochs", Tlv.EPOCHS, [ByteField("epochs", 0)], 1)
 DAITNTLVItinerary = _tlv("DAITNTLVItinerary", Tlv.ITINERARY, [
     ByteField("ptr", 0), ByteField("lap", 0), ByteField("max_laps", 1), XByteField("reserved", 0),
     FieldListField("segments", [], NodeIdField("segment", 0),
@@ -168,7 +169,7 @@ DAITNTLVAccuracy = _tlv("DAITNTLVAccuracy", Tlv.ACCURACY, [AccuracyField("accura
 _TLV_CLASSES: dict[int, type] = {
     cls.fields_desc[0].default: cls for cls in (
         DAITNTLVTargetAccuracy, DAITNTLVDeadline, DAITNTLVMaxLatency, DAITNTLVMinAccuracy,
-        DAITNTLVPrivacyLevel, DAITNTLVRequiredLabels, DAITNTLVMaxHops, DAITNTLVByteBudget,
+        DAITNTLVPrivacyLevel, DAITNTLVRequiredLabels, DAITNTLVMaxHops, DAITNTLVByteBudget, DAITNTLVEpochs,
         DAITNTLVItinerary, DAITNTLVModelDigest, DAITNTLVChunk, DAITNTLVTransport,
         DAITNTLVParties, DAITNTLVEndReason, DAITNTLVAccuracy)}
 # TLV class by Tlv, for building: TLV_CLASSES[Tlv.CHUNK](offset=0, total=10)

@@ -111,6 +111,7 @@ class Tlv(enum.IntEnum):
     REQUIRED_LABELS = 6
     MAX_HOPS = 7
     BYTE_BUDGET = 8
+    EPOCHS = 9                   # local epochs the next stop trains (the DCC's plan chooses them)
     ITINERARY = 16
     MODEL_DIGEST = 17
     CHUNK = 18
@@ -608,6 +609,7 @@ _TLV_ENC: dict[int, Callable[[Any], bytes]] = {
     Tlv.REQUIRED_LABELS: _enc_labels,
     Tlv.MAX_HOPS: _enc_int(Tlv.MAX_HOPS, _T_U8, "B"),
     Tlv.BYTE_BUDGET: _enc_int(Tlv.BYTE_BUDGET, _T_U64, "Q"),
+    Tlv.EPOCHS: _enc_int(Tlv.EPOCHS, _T_U8, "B"),
     Tlv.ITINERARY: _enc_itinerary,
     Tlv.MODEL_DIGEST: _enc_digest,
     Tlv.CHUNK: _enc_chunk,
@@ -626,6 +628,7 @@ _TLV_DEC_MAP: dict[int, Callable] = {
     Tlv.REQUIRED_LABELS: _dec_labels,
     Tlv.MAX_HOPS: _dec_int(Tlv.MAX_HOPS, struct.Struct("!B")),
     Tlv.BYTE_BUDGET: _dec_int(Tlv.BYTE_BUDGET, _U64),
+    Tlv.EPOCHS: _dec_int(Tlv.EPOCHS, struct.Struct("!B")),
     Tlv.ITINERARY: _dec_itinerary,
     Tlv.MODEL_DIGEST: _dec_digest,
     Tlv.CHUNK: _dec_chunk,

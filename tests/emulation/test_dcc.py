@@ -250,3 +250,21 @@ def test_reserved_bandwidth_installs_openflow_meters(tmp_path):
     assert flows and all("ip_dscp=" in ln or "nw_tos=" in ln for ln in flows), flows
     dumps = "".join(p.read_text() for p in (out / "flows").glob("*.txt"))
     assert "meter:" not in dumps, "a metered hop flow outlived the task"
+
+
+def test_plan_chooses_epochs_per_stop_and_the_nodes_train_them(tmp_path):
+    """training.max_local_epochs lets MTRCE give each stop its own epoch count; the DCC
+    sends it with the hop (TLV EPOCHS) and each node trains exactly that many."""
+    spec_path = _spec(tmp_path, training={"local_epochs": 1, "max_local_epochs": 3})
+    out = tmp_path / "run"
+    rc, text = run_cli(out, spec=spec_path)
+    assert rc == 0, text[-3000:]
+    events = read_jsonl(out / "events.jsonl")
+    [plan] = [e for e in events if e["kind"] == "plan" and e["src"] == "dcc"]
+    planned = {s["node"]: s["epochs"] for s in plan["stops"]}
+    assert all(1 <= e <= 3 for e in planned.values())
+    trains = [e for e in events if e["kind"] == "train"]
+    assert trains
+    for e in trains:
+        assert e["epochs"] == planned[e["src"]], (e, planned)
+    print(f"epochs per stop: {planned}; trained: {[(e['src'], e['epochs']) for e in trains]}")

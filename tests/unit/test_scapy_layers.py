@@ -378,14 +378,14 @@ def test_sign_and_verify():
 
 
 def test_malformed_parts_show_up_as_raw_not_exceptions():
-    unknown = bytes([9, 2, 0xAB, 0xCD])                 # unknown TLV type 9
+    unknown = bytes([10, 2, 0xAB, 0xCD])                # unknown TLV type 10
     b = W.encode(Message(MsgType.ACK, body=W.Ack()))
     forged = b[:5] + bytes([10]) + b[6:36] + unknown + b[36:] + b"\xee"
     forged = forged[:32] + (10).to_bytes(4, "big") + forged[36:]
     p = DAITN(forged)
     assert isinstance(p.tlvs[0], DAITNTLVRaw) and p.tlvs[0].value == b"\xab\xcd"
     assert p[DAITNAck].next_offset == 0 and p[Raw].load == b"\xee"    # 1 byte past the ACK
-    with pytest.raises(W.WireError, match="unknown TLV type 9"):
+    with pytest.raises(W.WireError, match="unknown TLV type 10"):
         W.decode(forged)
 
 

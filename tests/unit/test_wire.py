@@ -110,7 +110,7 @@ def test_enum_values_are_the_wire_contract():
         "INFERENCE_QUERY": 10, "INFERENCE_RESULT": 11, "ERROR": 12, "DATA_SHARD": 13}
     assert {t.name: t.value for t in Tlv} == {
         "PAD": 0, "TARGET_ACCURACY": 1, "DEADLINE": 2, "MAX_LATENCY": 3, "MIN_ACCURACY": 4,
-        "PRIVACY_LEVEL": 5, "REQUIRED_LABELS": 6, "MAX_HOPS": 7, "BYTE_BUDGET": 8,
+        "PRIVACY_LEVEL": 5, "REQUIRED_LABELS": 6, "MAX_HOPS": 7, "BYTE_BUDGET": 8, "EPOCHS": 9,
         "ITINERARY": 16, "MODEL_DIGEST": 17, "CHUNK": 18, "TRANSPORT": 19, "PARTIES": 20,
         "END_REASON": 21, "ACCURACY": 22}
     assert [int(r) for r in Role] == [1, 2, 4, 8, 16]
@@ -353,7 +353,7 @@ TRP = struct.pack("!Q", 1)
 
 
 @pytest.mark.parametrize("area, match", [
-    (bytes([9, 1, 0, 0]), "unknown TLV type 9 at offset 36"),
+    (bytes([10, 1, 0, 0]), "unknown TLV type 10 at offset 36"),
     (bytes([200, 0, 0, 0]), "unknown TLV type 200"),
     (bytes([1, 2, 0, 1, 7, 9, 0, 0]), "TLV MAX_HOPS at offset 40: value of 9 bytes overruns"),
     (bytes([7, 1, 3, 1]), "TLV TARGET_ACCURACY at offset 39: its length byte lies past"),

@@ -34,7 +34,7 @@ local msg_types = {
 local tlv_types = {
     [0] = "PAD", [1] = "TARGET_ACCURACY", [2] = "DEADLINE", [3] = "MAX_LATENCY",
     [4] = "MIN_ACCURACY", [5] = "PRIVACY_LEVEL", [6] = "REQUIRED_LABELS",
-    [7] = "MAX_HOPS", [8] = "BYTE_BUDGET", [16] = "ITINERARY",
+    [7] = "MAX_HOPS", [8] = "BYTE_BUDGET", [9] = "EPOCHS", [16] = "ITINERARY",
     [17] = "MODEL_DIGEST", [18] = "CHUNK", [19] = "TRANSPORT", [20] = "PARTIES",
     [21] = "END_REASON", [22] = "ACCURACY",
 }
@@ -100,6 +100,7 @@ F("min_accuracy",  ProtoField.double("daitn.min_accuracy", "Min accuracy"))
 F("privacy",       ProtoField.uint8 ("daitn.privacy", "Privacy level", base.DEC, privacy_levels))
 F("required_label", ProtoField.uint8("daitn.required_label", "Required label", base.DEC))
 F("max_hops",      ProtoField.uint8 ("daitn.max_hops", "Max hops", base.DEC))
+F("epochs",        ProtoField.uint8 ("daitn.epochs", "Local epochs", base.DEC))
 F("byte_budget",   ProtoField.uint64("daitn.byte_budget", "Byte budget", base.DEC))
 F("itin_ptr",      ProtoField.uint8 ("daitn.itin.ptr", "Itinerary pointer", base.DEC))
 F("itin_lap",      ProtoField.uint8 ("daitn.itin.lap", "Lap", base.DEC))
@@ -299,6 +300,9 @@ local function decode_tlv(t, vr, len, st, info)
     elseif t == 8 then
         st:add(f.byte_budget, vr)
         return tostring(vr:uint64())
+    elseif t == 9 then
+        st:add(f.epochs, vr)
+        return tostring(vr:uint())
     elseif t == 16 then
         if len < 4 or (len - 4) % 2 ~= 0 then
             st:add_proto_expert_info(ef.bad_tlv,
