@@ -3,7 +3,7 @@
 Start-up (wall time of a fresh process until ns-3 can run our links; peak RSS):
 
 * ``wheel_loader``: ``from ns import ns`` (the wheel's cppyy loader: every module);
-* ``cppyy_parse``: cppyy with only the four modules a link needs, parsing
+* ``cppyy_parse``: cppyy with only the modules ns3link.cc needs (links and WiFi), parsing
   ns3link.cc and JIT-compiling it (no precompiled header);
 * ``cppyy_pch``: the same with a cppyy precompiled header of the ns-3 headers
   ns3link.cc includes (built here first; its build time is reported);
@@ -114,7 +114,7 @@ def build_pch(workdir: Path) -> tuple[Path, float]:
 def startup(repeat: int, skip_wheel: bool) -> dict:
     out = {}
     libs = [str(build.lib_dir() / f"libns{build.md.version('ns3').split('.post')[0]}-{m}.so")
-            for m in ("core", "stats", "network", "fd-net-device")]
+            for m in ("core", "stats", "network", "mobility", "propagation", "fd-net-device", "wifi")]
     with tempfile.TemporaryDirectory(prefix="bench-ns3-") as tmp:
         tmp = Path(tmp)
         lib = tmp / "libns3link.so"

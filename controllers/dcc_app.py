@@ -198,8 +198,8 @@ class DCCApp(app_manager.OSKenApp):
         }
         self._published = state
         tmp = self.state_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f, sort_keys=True, default=list)
+        with open(tmp, "w") as f:  # dumps: C encoder, 4x faster than json.dump's Python one
+            f.write(json.dumps(state, sort_keys=True, default=list))
         os.replace(tmp, self.state_path)
         self.state_written, self.state_cost = time.time(), time.time() - t0
 
@@ -1004,6 +1004,13 @@ class DCCApp(app_manager.OSKenApp):
         return out
 
     def _flows_view(self) -> dict:
+        # Built again only when the flows changed: ~8400 flows at 200 hosts take ~90 ms,
+        # and every state write (each link event among them) wants the view
+        key = (id(self.installed), len(self.installed), self.flow_mods_added, self.flow_mods_deleted,
+               len(getattr(self, "meters", ())))
+        cached = getattr(self, "_flows_view_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         by_fn: dict[str, list] = {}
         for f in sorted(getattr(self, "installed", ()), key=str):
             fn = cookies.function_of(f.cookie) or "other"
@@ -1015,8 +1022,10 @@ class DCCApp(app_manager.OSKenApp):
             if getattr(f, "meter", None):
                 entry["meter"] = f.meter
             by_fn.setdefault(fn, []).append(entry)
-        return {"count": sum(map(len, by_fn.values())), "by_function": by_fn,
+        view = {"count": sum(map(len, by_fn.values())), "by_function": by_fn,
                 "meters": len(getattr(self, "meters", ()))}
+        self._flows_view_cache = (key, view)
+        return view
 
     def _install_hop(self, task_id: int, hop: int, why: str):
         """Apply the flows now wanted and time their installation with a barrier."""

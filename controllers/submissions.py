@@ -159,7 +159,8 @@ class Submissions:
         else:
             body["id"] = max([*self.used_ids, *self.tasks, 0]) + 1
         try:
-            t = TaskSpec(**body)
+            # strict: JSON types as they are ("30" is not 30, true is not 1)
+            t = TaskSpec.model_validate(body, strict=True)
         except ValidationError as e:
             raise SubmissionError(_pydantic_reason(e)) from None
         if t.deploy_to and t.replicas:
@@ -174,6 +175,7 @@ class Submissions:
             raise SubmissionError("replicas: at most 255")
         sub = TaskSubmission(id=t.id, client=client, task=t.model_dump(), submitted_at=now,
                              deadline_at=now + t.deadline_s)
+        _fits_the_wire(task_handoff, sub)
         self.tasks[t.id] = sub
         return sub
 
@@ -208,10 +210,15 @@ class Submissions:
         privacy = req.get("privacy", "public")
         if privacy not in ("public", "trusted", "local"):
             raise SubmissionError(f"privacy: one of public, trusted, local, got {privacy!r}")
+        try:  # JSON integers may be too large for a float (an OverflowError would read as 429)
+            values = [float(x) for x in feats]
+        except OverflowError:
+            raise SubmissionError("features: a number too large for a float") from None
         qid = len(self.queries) + 1
-        q = QuerySubmission(id=qid, client=client, model=model, features=[float(x) for x in feats],
+        q = QuerySubmission(id=qid, client=client, model=model, features=values,
                             max_latency_ms=None if lat is None else float(lat),
                             min_accuracy=None if acc is None else float(acc), privacy=privacy, submitted_at=now)
+        _fits_the_wire(query_handoff, q)
         self.queries[qid] = q
         return q
 
@@ -274,6 +281,26 @@ class Submissions:
     def view(self) -> dict:
         return {"tasks": {str(k): s.view() for k, s in self.tasks.items()},
                 "queries": {str(k): q.view() for k, q in self.queries.items()}}
+
+
+# where each submitted field sits in the hand-off message (for error messages)
+_WIRE_FIELDS = (("DEADLINE", "deadline_s"), ("ITINERARY.max_laps", "max_laps"), ("ITINERARY.ptr", "replicas"),
+                ("ITINERARY", "deploy_to"), ("REQUIRED_LABELS", "required_labels"), ("BYTE_BUDGET", "byte_budget"),
+                ("MAX_LATENCY", "max_latency_ms"), ("MIN_ACCURACY", "min_accuracy"),
+                ("TARGET_ACCURACY", "target_accuracy"), ("features", "features"))
+
+
+def _fits_the_wire(handoff, sub):
+    """Refuse at the API what the DCC could not hand to the client later: its hand-off
+    message is built and encoded once now (fuzzing found e.g. deadline_s: 1e300, which
+    passed validation and then raised on the DCC's event thread at every report)."""
+    try:
+        wire.encode(handoff(sub))
+    except (wire.WireError, OverflowError, ValueError, TypeError) as e:
+        text = str(e)
+        field = next((f for where, f in _WIRE_FIELDS if where in text), "body")
+        raise SubmissionError(f"{field}: out of the range the hand-off message to the client carries "
+                              f"({text[:160]})") from None
 
 
 def task_handoff(s: TaskSubmission) -> Message:

@@ -4,6 +4,9 @@ Everything takes the spec's ``data:`` section as a plain dict ``d`` (see
 :data:`DEFAULTS`) and a ``seed``; the same ``(d, seed)`` gives byte-identical
 results in every process, so each forked data node can call :func:`make_shards`
 and keep only its own shard, and the MPVU can call :func:`verification_set`.
+The node launcher calls :func:`preload` before it forks: :func:`load_dataset` and
+:func:`make_shards` then return the parent's arrays, which the children share
+copy-on-write instead of each loading the whole data set (and keeping its heap).
 
 Data sets: ``digits`` and ``synthetic`` (scikit-learn, split into training pool
 and verification set by ``verification_fraction``), and ``mnist``,
@@ -19,6 +22,7 @@ or the files; ``str()`` reads 'FIELD: what went wrong; what to do'.
 from __future__ import annotations
 
 import gzip
+import json
 import math
 import pickle
 from dataclasses import dataclass, field
@@ -121,8 +125,34 @@ def _stratified_take(labels: np.ndarray, n: int, rng: np.random.Generator) -> np
 
 # ---------------------------------------------------------------- loading
 
+# (kind, spec as JSON, seed[, data nodes]) -> what preload() computed; read by the children it forks
+_preloaded: dict[tuple, object] = {}
+
+
+def _key(kind: str, d: dict, seed: int, *rest) -> tuple:
+    return (kind, json.dumps(_resolved(d), sort_keys=True, default=str), seed, *rest)
+
+
+def preload(d: dict, seed: int, data_nodes: list[str] = ()) -> Dataset:
+    """Load the data set (and cut every data node's shard) once, in a parent about to fork.
+
+    Later calls of :func:`load_dataset` / :func:`make_shards` with the same arguments, in
+    this process or a child forked from it, return these arrays: the children share
+    their pages copy-on-write (nothing writes to them) instead of each holding a copy.
+    The cached arrays must not be modified in place; everything here makes new ones."""
+    ds = load_dataset(d, seed)
+    _preloaded[_key("dataset", d, seed)] = ds
+    if data_nodes:
+        shards, _ = make_shards(list(data_nodes), d, seed)
+        _preloaded[_key("shards", d, seed, tuple(data_nodes))] = shards
+    return ds
+
+
 def load_dataset(d: dict, seed: int) -> Dataset:
     """Load the data set named by d["dataset"], with the training pool capped at d["max_samples"]."""
+    hit = _preloaded.get(_key("dataset", d, seed)) if _preloaded else None
+    if hit is not None:
+        return hit
     d = _resolved(d)
     name = d["dataset"]
     loader = {"digits": _load_digits, "synthetic": _load_synthetic, "mnist": _load_mnist,
@@ -389,6 +419,9 @@ def make_shards(data_nodes: list[str], d: dict, seed: int) -> tuple[dict[str, Sh
     A data node keeps only its own shard and drops the rest (and the data set)."""
     if len(set(data_nodes)) != len(data_nodes):
         raise DataError("nodes", f"data node names repeat in {data_nodes}; each needs its own shard")
+    hit = _preloaded.get(_key("shards", d, seed, tuple(data_nodes))) if _preloaded else None
+    if hit is not None:
+        return dict(hit), load_dataset(d, seed)
     ds = load_dataset(d, seed)
     parts = partition_indices(ds.train_y, len(data_nodes), d, seed)
     return {node: Shard(node, ds.train_X[idx], ds.train_y[idx]) for node, idx in zip(data_nodes, parts)}, ds

@@ -12,6 +12,7 @@ samples never leave the data node that holds them.
 """
 from __future__ import annotations
 
+import collections
 import io
 import json
 import logging
@@ -42,7 +43,8 @@ def _model(cfg):
 
 def _options(cfg) -> dict:
     """This host's options from the spec (hosts.NAME), with their defaults."""
-    opts = {"compute": True, "capacity": 1.0, "privacy": "trusted", "trusts": [], "noise_epsilon": None}
+    opts = {"compute": True, "capacity": 1.0, "privacy": "trusted", "trusts": [], "noise_epsilon": None,
+            "poison": None}
     opts.update((getattr(cfg, "host_options", None) or {}).get(cfg.name, {}))
     return opts
 
@@ -94,6 +96,7 @@ class DataNode:
         self.lock = threading.Lock()
         self.hosted: dict[str, int] = {}  # owner -> samples hosted for it
         self.controls_done = 0            # lines of RUN/control/NODE.jsonl applied
+        self.next_epochs: dict[int, int] = {}  # task -> epochs the DCC gives the next stop (EPOCHS)
         self.drifts = 0
         eps = self.opts["noise_epsilon"] or (getattr(cfg, "knowledge", None) or {}).get("noise_epsilon")
         self.eps = eps or 0.0
@@ -267,24 +270,29 @@ class DataNode:
         version = first.model_version + 1
         with self.lock:
             X, y = self.X, self.y
-        stats = train_local(model, X, y, epochs=tr["local_epochs"],
+        if self.opts.get("poison") == "label_flip":  # a compromised node (hosts.NAME.poison): a threat model
+            y = (self.n_classes - 1 - y).astype(y.dtype, copy=False)
+            rt.event("poisoned_training", task=first.task_id, hop=hop, poison="label_flip")
+        epochs = int(first.tlvs.get(Tlv.EPOCHS) or tr["local_epochs"])  # the DCC's plan may choose them
+        stats = train_local(model, X, y, epochs=epochs,
                             batch_size=tr["batch_size"], lr=tr["lr"], momentum=tr["momentum"],
                             seed=cfg.seed * 1000 + hop, capacity=self.capacity)
         self.load.add(stats["seconds"])
         state = state_to_bytes(model)
         digest = state_digest(state)
-        rt.event("train", task=first.task_id, hop=hop, lap=itin.lap, version=version,
+        rt.event("train", task=first.task_id, hop=hop, lap=itin.lap, version=version, epochs=epochs,
                  samples=stats["samples"], loss=stats["loss"], seconds=stats["seconds"],
                  compute_seconds=stats["compute_seconds"], throttled_seconds=stats["throttled_seconds"],
                  capacity=self.capacity, sha256=digest, parent_sha256=parent)
         common = {Tlv.TARGET_ACCURACY: target, Tlv.DEADLINE: first.tlvs[Tlv.DEADLINE],
                   Tlv.PARTIES: parties}
-        if Tlv.TRANSPORT in first.tlvs:
-            common[Tlv.TRANSPORT] = first.tlvs[Tlv.TRANSPORT]
+        for carried in (Tlv.TRANSPORT, Tlv.REQUIRED_LABELS, Tlv.MAX_HOPS):  # the AI object's header goes on
+            if carried in first.tlvs:
+                common[carried] = first.tlvs[carried]
 
         def msg(mtype, extra=None):
-            return Message(mtype, hop_count=hop, task_id=first.task_id, model_id=first.model_id,
-                           model_version=version, tlvs={**common, **(extra or {})})
+            return Message(mtype, hop_count=hop, hop_limit=first.hop_limit, task_id=first.task_id,
+                           model_id=first.model_id, model_version=version, tlvs={**common, **(extra or {})})
 
         verdict = rt.send_model(parties.mpvu, msg(MT.EVAL_REQUEST), state)
         if verdict.type != MT.EVAL_VERDICT:
@@ -298,29 +306,48 @@ class DataNode:
             end = EndReason.TARGET_REACHED
         elif time.time() >= deadline:
             end = EndReason.DEADLINE
-        # Where next: the DCC decides (it may have re-planned, and it installs
-        # this hop's flows before answering). Without an answer the carried
-        # itinerary is followed, and that is recorded.
-        route = self.ask_dcc(first, itin, end, version, digest, acc)
-        if route is None:
-            route = self.carried_route(itin, end)
-            rt.event("dcc_no_answer", task=first.task_id, hop=hop,
-                     text="the DCC did not answer the hop request; following the carried itinerary")
-        nitin, end, why = route
+        nitin, end, why = self.next_hop(first, itin, end, version, digest, verdict.body)
         if end is None:
             nxt = nitin.segments[nitin.ptr]
             rt.event("forward", task=first.task_id, to=wire.node_name(nxt), ptr=nitin.ptr, lap=nitin.lap,
                      reason=why)
-            rt.send_model(nxt, msg(MT.MODEL_CHUNK, {Tlv.ITINERARY: nitin, Tlv.ACCURACY: acc}), state)
+            extra = {Tlv.ITINERARY: nitin, Tlv.ACCURACY: acc}
+            if self.next_epochs.get(first.task_id):  # the epochs the DCC's plan gives the next stop
+                extra[Tlv.EPOCHS] = self.next_epochs.pop(first.task_id)
+            rt.send_model(nxt, msg(MT.MODEL_CHUNK, extra), state)
+            return
+        if end == EndReason.ROLLED_BACK:  # the DCC goes on from an earlier verified version
+            rt.event("model_discarded", task=first.task_id, version=version, sha256=digest, accuracy=acc,
+                     hop=hop, by=why)
             return
         rt.event("task_end", task=first.task_id, reason=end.name.lower(), accuracy=acc, hop=hop, by=why)
         rt.send_model(parties.client, msg(MT.TASK_RESULT, {Tlv.END_REASON: end, Tlv.ACCURACY: acc}), state)
+
+    def next_hop(self, first: Message, itin, end, version: int, digest: str, verdict):
+        """Where the model goes after this stop -> (itinerary, end reason or None, why).
+
+        Here the DCC decides (it may have re-planned, and it installs this hop's flows
+        before answering); without an answer the carried itinerary is followed, and
+        that is recorded. AATS and the random walk decide on the node (nodes/modes.py)."""
+        route = self.ask_dcc(first, itin, end, version, digest, verdict.accuracy)
+        if route is None:
+            route = self.carried_route(itin, end)
+            self.rt.event("dcc_no_answer", task=first.task_id, hop=first.hop_count + 1,
+                          text="the DCC did not answer the hop request; following the carried itinerary")
+        return route
 
     def ask_dcc(self, first: Message, itin, end, version: int, digest: str, acc: float):
         """Hop request (ITINERARY to the DCC): returns (itinerary, end reason or None, why) or None."""
         tlvs = {Tlv.ITINERARY: itin, Tlv.MODEL_DIGEST: bytes.fromhex(digest), Tlv.ACCURACY: acc}
         if end is not None:
             tlvs[Tlv.END_REASON] = end
+        # what a DCC that lost its state (restarted) needs to adopt the task: its
+        # requirements, parties and the model's size (CHUNK 0 of the model's bytes)
+        for k in (Tlv.TARGET_ACCURACY, Tlv.DEADLINE, Tlv.PARTIES):
+            if k in first.tlvs:
+                tlvs[k] = first.tlvs[k]
+        if Tlv.CHUNK in first.tlvs:
+            tlvs[Tlv.CHUNK] = wire.Chunk(0, first.tlvs[Tlv.CHUNK].total)
         req = Message(MT.ITINERARY, task_id=first.task_id, model_id=first.model_id, model_version=version,
                       hop_count=first.hop_count + 1, tlvs=tlvs, body=wire.ItineraryBody(""))
         try:
@@ -329,6 +356,8 @@ class DataNode:
             log.warning("hop request: %s", e)
             return None
         a = ans[MT.ITINERARY]
+        if a.tlvs.get(Tlv.EPOCHS):
+            self.next_epochs[first.task_id] = a.tlvs[Tlv.EPOCHS]
         nitin = a.tlvs.get(Tlv.ITINERARY)
         if nitin is None:
             return None
@@ -366,15 +395,76 @@ class MPVU:
         del ds
         warm_up(cfg)
         rt.event("verification_set", samples=len(self.y), label_hist=label_histogram(self.y, self.n_classes))
+        # The last KEEP verified versions of every task (header and state): the point
+        # the DCC recovers from when a holder dies, or rolls back to after a poisoned
+        # model. Kept in memory: a dead MPVU loses them (it is a single point here).
+        self.kept: dict[int, collections.OrderedDict] = {}
+        self.resumed: set[tuple] = set()
+        self.lock = threading.Lock()
+
+    KEEP = 4
 
     def knowledge(self) -> dict:
         return {"roles": Role.MPVU, "verification_samples": int(len(self.y))}
+
+    def on_dcc_answer(self, m: Message):
+        """The DCC's answer to our report: send a kept version on (ITINERARY, REPLY: its
+        version, digest, the itinerary from here, END_REASON if the task ends with it)."""
+        if m.type != MT.ITINERARY or not m.flags & wire.REPLY:
+            return
+        digest = m.tlvs.get(Tlv.MODEL_DIGEST)
+        itin = m.tlvs.get(Tlv.ITINERARY)
+        key = (m.task_id, m.model_version, digest, m.hop_count)
+        with self.lock:
+            if key in self.resumed:  # repeated until the DCC sees the task go on
+                return
+            self.resumed.add(key)
+            kept = self.kept.get(m.task_id, {}).get(m.model_version)
+        if kept is None or digest is None or kept["digest"] != digest.hex() or itin is None:
+            self.rt.event("resume_failed", task=m.task_id, version=m.model_version,
+                          reason=f"no verified version {m.model_version} of task {m.task_id} with that hash kept "
+                                 f"here (kept: {sorted(self.kept.get(m.task_id, {}))})")
+            return
+        threading.Thread(target=self._resume, args=(m, kept, itin), daemon=True,
+                         name=f"resume-{m.task_id}").start()
+
+    def _resume(self, m: Message, kept: dict, itin):
+        first = kept["first"]
+        tlvs = {k: v for k, v in first.tlvs.items()
+                if k in (Tlv.TARGET_ACCURACY, Tlv.DEADLINE, Tlv.PARTIES, Tlv.REQUIRED_LABELS, Tlv.MAX_HOPS)}
+        tlvs[Tlv.ITINERARY] = itin
+        tlvs[Tlv.ACCURACY] = kept["accuracy"]
+        for k in (Tlv.TRANSPORT, Tlv.EPOCHS):
+            if k in m.tlvs:
+                tlvs[k] = m.tlvs[k]
+        end = m.tlvs.get(Tlv.END_REASON)
+        parties = first.tlvs[Tlv.PARTIES]
+        if end is not None:  # the task ends with this version: it goes to the client
+            tlvs[Tlv.END_REASON] = end
+            mtype, to = MT.TASK_RESULT, parties.client
+        else:
+            mtype, to = MT.MODEL_CHUNK, itin.segments[itin.ptr]
+        out = Message(mtype, hop_count=m.hop_count, hop_limit=first.hop_limit, task_id=m.task_id,
+                      model_id=first.model_id, model_version=m.model_version, tlvs=tlvs)
+        self.rt.event("model_resumed", task=m.task_id, version=m.model_version, sha256=kept["digest"],
+                      to=wire.node_name(to), msg=MsgType(mtype).name,
+                      reason=m.body.policy if m.body is not None else "")
+        try:
+            self.rt.send_model(to, out, kept["state"])
+        except TransferError as e:
+            self.rt.event("resume_failed", task=m.task_id, version=m.model_version, reason=str(e))
 
     def on_model(self, first: Message, state: bytes, peer: str):
         model = _model(self.rt.cfg)
         bytes_to_state(model, state)
         v = evaluate(model, self.X, self.y)
         digest = state_digest(state)
+        with self.lock:
+            kept = self.kept.setdefault(first.task_id, collections.OrderedDict())
+            kept[first.model_version] = {"first": first, "state": state, "digest": digest,
+                                         "accuracy": float(v["accuracy"])}
+            while len(kept) > self.KEEP:
+                kept.popitem(last=False)
         self.rt.event("verdict", task=first.task_id, version=first.model_version, accuracy=v["accuracy"],
                       loss=v["loss"], samples=v["samples"], per_class=v["per_class_accuracy"], sha256=digest,
                       trained_at=peer)
@@ -638,18 +728,30 @@ class Client:
         rt.event("workload_result", **out)
         return out
 
-    def run_task(self, task: dict):
-        rt, cfg = self.rt, self.rt.cfg
-        tid = task["id"]
+    def start_task(self, task: dict) -> tuple[float, bytes, int, dict]:
+        """A task's initial model and requirement TLVs -> (t0, state, deadline_ms, tlvs)."""
         t0 = time.time()
-        model = _model(cfg)
-        state = state_to_bytes(model)
+        state = state_to_bytes(_model(self.rt.cfg))
         deadline_ms = int((t0 + task["deadline_s"]) * 1000)
         tlvs = {Tlv.TARGET_ACCURACY: task["target_accuracy"], Tlv.DEADLINE: deadline_ms}
         if task.get("required_labels"):
             tlvs[Tlv.REQUIRED_LABELS] = task["required_labels"]
         if task.get("byte_budget"):
             tlvs[Tlv.BYTE_BUDGET] = int(task["byte_budget"])
+        return t0, state, deadline_ms, tlvs
+
+    def await_result(self, tid: int, deadline_ms: int) -> Message | None:
+        """The task's returned model (TASK_RESULT), or None by the deadline + grace."""
+        grace = 60.0  # a hop in flight at the deadline still reports back
+        with self.done:
+            self.done.wait_for(lambda: tid in self.results,
+                               timeout=max(0.0, deadline_ms / 1000 - time.time()) + grace)
+        return self.results.get(tid)
+
+    def run_task(self, task: dict):
+        rt = self.rt
+        tid = task["id"]
+        t0, state, deadline_ms, tlvs = self.start_task(task)
         # an empty itinerary in the request carries the lap limit the client accepts;
         # the initial model's hash opens the task's lineage at the DCC
         ask = {**tlvs, Tlv.ITINERARY: wire.Itinerary(0, 0, task["max_laps"], []),
@@ -679,17 +781,14 @@ class Client:
                               list(got.segments))
         first = Message(MT.MODEL_CHUNK, task_id=tid, model_id=tid, model_version=0, hop_count=0,
                         tlvs={**tlvs, Tlv.ITINERARY: itin, Tlv.PARTIES: plan.tlvs[Tlv.PARTIES],
-                              Tlv.TRANSPORT: plan.tlvs.get(Tlv.TRANSPORT, 0)})
+                              Tlv.TRANSPORT: plan.tlvs.get(Tlv.TRANSPORT, 0),
+                              **({Tlv.EPOCHS: plan.tlvs[Tlv.EPOCHS]} if plan.tlvs.get(Tlv.EPOCHS) else {})})
         rt.event("forward", task=tid, to=names[itin.ptr], ptr=itin.ptr, lap=0, reason="first stop of the DCC's plan")
         try:
             rt.send_model(itin.segments[itin.ptr], first, state)
         except TransferError as e:
             return self._finish(tid, t0, f"transfer_failed: {e}", None, None)
-        grace = 60.0  # a hop in flight at the deadline still reports back
-        with self.done:
-            self.done.wait_for(lambda: tid in self.results,
-                               timeout=max(0.0, deadline_ms / 1000 - time.time()) + grace)
-        res = self.results.get(tid)
+        res = self.await_result(tid, deadline_ms)
         if res is None:
             return self._finish(tid, t0, "no result before deadline + grace", None, None)
         end = EndReason(res.tlvs[Tlv.END_REASON]).name.lower()
@@ -814,19 +913,26 @@ def run_node(rt: NodeRuntime, go_file) -> int:
     """Start the roles of this host and serve until stopped (clients stop when done)."""
     cfg = rt.cfg
     torch.set_num_threads(int(cfg.training["torch_threads"]))
+    mode = None  # AATS and the baselines: their role classes, messages and threads (nodes/modes.py)
+    if getattr(cfg, "mode", "dcc") != "dcc":
+        from nodes.modes import node_mode
+        mode = node_mode(rt, go_file)
+    kinds = {"data": DataNode, "client": Client, **(mode.role_classes() if mode else {})}
     roles = {}
     load = LoadMeter()
     if "data" in cfg.roles or "compute" in cfg.roles:
-        roles["data"] = DataNode(rt, load)
+        roles["data"] = kinds["data"](rt, load)
     if "mpvu" in cfg.roles:
         roles["mpvu"] = MPVU(rt)
     if "inference" in cfg.roles:
         roles["inference"] = InferenceServer(rt, load)
     if "client" in cfg.roles:
-        roles["client"] = Client(rt)
+        roles["client"] = kinds["client"](rt)
     capacity = float(_options(cfg)["capacity"]) if "compute" in cfg.roles else 0.0
 
     def on_model(first, state, peer):
+        if mode is not None and mode.takes(first):
+            return mode.on_model(first, state, peer)
         role = None
         if first.type == MT.MODEL_CHUNK:
             role = roles.get("data")
@@ -842,6 +948,8 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         return role.on_model(first, state, peer)
 
     def on_control(m, peer):
+        if mode is not None and mode.takes(m):
+            return mode.on_control(m, peer)
         if m.type == MT.INFERENCE_QUERY and "inference" in roles:
             return roles["inference"].on_query(m, peer)
         raise wire.WireError(f"{cfg.name} takes no {MsgType(m.type).name} over TCP")
@@ -864,6 +972,8 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         k.load = load.take()
         return k
 
+    if mode is not None:
+        knowledge = mode.attach(roles, knowledge)  # peers get our latest summary too
     serve = threading.Thread(target=rt.serve, args=(on_model, on_control), daemon=True, name="serve")
     serve.start()
     dn = roles.get("data")
@@ -872,13 +982,21 @@ def run_node(rt: NodeRuntime, go_file) -> int:
         # follows the compute node's report of the data it now holds
         dn.offload()
     # a client's reports are answered with work submitted through the DCC's API
-    on_answer = roles["client"].on_dcc_answer if "client" in roles else None
-    threads = [threading.Thread(target=rt.report_loop, args=(knowledge, on_answer), daemon=True, name="report")]
+    def on_answer(m):  # work for a client (hand-off), a version to send on for the MPVU (recovery)
+        if m.type == MT.ITINERARY and "mpvu" in roles:
+            roles["mpvu"].on_dcc_answer(m)
+        elif "client" in roles:
+            roles["client"].on_dcc_answer(m)
+
+    threads = [threading.Thread(target=rt.report_loop, daemon=True, name="report",
+                                args=(knowledge, on_answer if {"client", "mpvu"} & set(roles) else None))]
     if "data" in roles:
         threads.append(threading.Thread(target=roles["data"].worker, daemon=True, name="train"))
         threads.append(threading.Thread(target=roles["data"].control_loop, daemon=True, name="control"))
     if "inference" in roles:
         threads.append(threading.Thread(target=roles["inference"].worker, daemon=True, name="infer"))
+    if mode is not None:
+        threads += mode.threads()
     for t in threads:
         t.start()
     rt.event("node_started", roles=sorted(roles), ip=cfg.ip)

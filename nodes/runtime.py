@@ -60,6 +60,8 @@ class NodeConfig:
     dims: dict | None = None     # model input/output sizes of the data set
     compute_nodes: list = field(default_factory=list)  # hosts with the role compute
     serve_s: float = 0.0         # clients: take API-submitted work until idle this long
+    mode: str = "dcc"            # spec mode: dcc, or AATS / a baseline (nodes/modes.py)
+    modes: dict = field(default_factory=dict)         # spec modes: options per mode
 
 
 # ---- the transport interface -------------------------------------------------

@@ -39,6 +39,15 @@ else
   ovs-vsctl --timeout=10 show >/dev/null
 fi
 
+# Node processes drop root after entering their host's namespace and run as this
+# system user (nodes/launcher.py; README, Security); without it they use nobody.
+if getent passwd daitn-node >/dev/null; then
+  log "user daitn-node present"
+else
+  log "creating system user daitn-node (node processes run as it)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin daitn-node
+fi
+
 VENV="$here/.venv"
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv $VENV (system site packages: Debian's mininet)"

@@ -14,7 +14,11 @@ Only objects that carry the testbed's marks are touched:
   makes them, before any bridge exists;
 * network namespaces named ``daitnprobe*`` (left by an interrupted capability
   probe). They belong to no run, so they are removed only when no ``run_id``
-  is given: a run-scoped clean must not break a probe running concurrently.
+  is given: a run-scoped clean must not break a probe running concurrently;
+* network namespaces the ns-3 link tests and benchmarks make, ``dns3-<run id>-*``
+  and ``dwifi-<run id>-*`` (listed apart, as ``test_namespaces``). The taps and
+  ns-3 processes of ns-3 links need nothing of their own: a tap lives only as
+  long as the ns-3 process holds it, and that process carries ``DAITN_RUN``.
 
 Foreign bridges, namespaces, interfaces and processes are never touched, and
 unlike ``mn -c`` this does not delete every bridge on the machine.
@@ -33,6 +37,7 @@ import time
 RUN_ENV = "DAITN_RUN"
 RUN_TAG = "daitn-run"      # == testbed.network.RUN_TAG (not imported: keep this module light)
 PROBE_NS_PREFIX = "daitnprobe"
+TEST_NS_PREFIXES = ("dns3-", "dwifi-")   # + run id + "-": tests/emulation/test_ns3*.py, bench/bench_*ns3*/wifi
 TERM_GRACE_S = 5.0
 
 
@@ -234,17 +239,29 @@ def _probe_namespaces() -> list[str]:
     return sorted(n for n in names if n.startswith(PROBE_NS_PREFIX))
 
 
+def _test_namespaces(run_id: str | None) -> list[str]:
+    r = _sh(["ip", "netns", "list"])
+    if r.returncode != 0:
+        return []
+    names = [ln.split()[0] for ln in r.stdout.splitlines() if ln.strip()]
+    return sorted(n for n in names for p in TEST_NS_PREFIXES
+                  if n.startswith(p) and (run_id is None or n.startswith(f"{p}{run_id}-")))
+
+
 # --- public API --------------------------------------------------------------
 
 def leftovers(run_id: str | None = None) -> dict:
-    """What :func:`clean` would remove now (lists), without changing anything."""
+    """What :func:`clean` would remove now (lists), without changing anything.
+    ``test_namespaces`` (ns-3 tests' and benchmarks' own) is there only when some exist."""
     bridges = _our_bridges(run_id)
     intfs = sorted({p for b in bridges for p in _ports(b) if _root_veth(p)} | set(_tagged_veths(run_id)))
+    test_ns = _test_namespaces(run_id)
     return {
         "processes": [{k: p[k] for k in ("pid", "run", "cmd")} for p in _our_processes(run_id)],
         "bridges": bridges,
         "interfaces": intfs,
         "namespaces": _probe_namespaces() if run_id is None else [],
+        **({"test_namespaces": test_ns} if test_ns else {}),
     }
 
 
@@ -287,6 +304,14 @@ def clean(run_id: str | None = None, log=print) -> dict:
             log(f"clean: deleted tagged interface {port}")
         elif _root_link_exists(port):
             log(f"clean: cannot delete interface {port}: {_err(r)}")
+
+    for ns in _test_namespaces(run_id):
+        r = _sh(["ip", "netns", "del", ns])
+        if r.returncode == 0:
+            counts["namespaces"] += 1
+            log(f"clean: deleted test namespace {ns}")
+        else:
+            log(f"clean: cannot delete namespace {ns}: {_err(r)}")
 
     if run_id is None:
         for ns in _probe_namespaces():

@@ -13,6 +13,14 @@ Mininet at all: each end is a tap from one :class:`testbed.ns3link.Ns3Links`
 process (host end: moved into the host's namespace as ``hN-eth0``; switch end:
 ``sN-ethP`` in the root namespace, added to the bridge as OpenFlow port P), so
 names and port numbers are the same whichever backend carries a link.
+
+WiFi segments (a :class:`testbed.ns3link.wifi.WirelessTopology`): the links of a
+segment's stations to its access point's switch are ``wifi`` links, carried by
+the same ns-3 process: one tap per station as the host's ``hN-eth0`` and one tap
+for the access point, ``sN-ethP``, the one OpenFlow port P all the segment's
+stations share (:func:`plan_ports`). While running, ns-3 links change with
+:meth:`EmulatedNetwork.set_link` (rate, delay, loss) and stations move with
+:meth:`EmulatedNetwork.move_station` / :meth:`EmulatedNetwork.set_velocity`.
 """
 from __future__ import annotations
 
@@ -29,11 +37,14 @@ from pathlib import Path
 
 from controllers.fabric import Fabric, HostPort
 from testbed.capabilities import Capabilities
+from testbed.ns3link.wifi import segments as wifi_segments
+from testbed.ns3link.wifi import station_segments
 from testbed.shaping import egress_commands
 from testbed.wait import wait_for
 from topologies.model import Topology, dpid_of, is_host, is_switch
 
 RUN_TAG = "daitn-run"
+WIFI_RT_PRIORITY = 10   # SCHED_FIFO priority of the ns-3 process when it runs a WiFi segment
 
 
 class NetworkError(RuntimeError):
@@ -95,14 +106,26 @@ def existing_bridges() -> set[str]:
 
 
 def plan_ports(topo: Topology) -> list[tuple[str, int, str, int]]:
-    """(a, a_port, b, b_port) for every link; host side is port 0 (hN-eth0)."""
+    """(a, a_port, b, b_port) for every link; host side is port 0 (hN-eth0).
+
+    Switch ports are numbered in link order. The station links of a WiFi segment
+    all get the port of its access point (numbered where the first of them comes)."""
+    stations = station_segments(topo)
     nxt: dict[str, int] = {}
+    ap_port: dict[str, int] = {}
     out = []
     for ln in topo.links:
         ports = []
-        for end in (ln.a, ln.b):
+        for end, other in ((ln.a, ln.b), (ln.b, ln.a)):
             if is_host(end):
                 ports.append(0)
+                continue
+            seg = stations.get(other)
+            if seg is not None and seg.ap_switch == end:
+                if seg.name not in ap_port:
+                    nxt[end] = nxt.get(end, 0) + 1
+                    ap_port[seg.name] = nxt[end]
+                ports.append(ap_port[seg.name])
             else:
                 nxt[end] = nxt.get(end, 0) + 1
                 ports.append(nxt[end])
@@ -110,18 +133,37 @@ def plan_ports(topo: Topology) -> list[tuple[str, int, str, int]]:
     return out
 
 
-def link_backends(topo: Topology, default: str, netem: bool) -> list[str]:
-    """The backend ("tc" or "ns3") of every link, in link order.
+def ap_ports(topo: Topology) -> dict[str, tuple[str, int]]:
+    """WiFi segment name -> (switch, port) of its access point."""
+    out = {}
+    stations = station_segments(topo)
+    for a, ap, b, bp in plan_ports(topo):
+        for host, sw, port in ((a, b, bp), (b, a, ap)):
+            seg = stations.get(host)
+            if seg is not None and seg.ap_switch == sw:
+                out.setdefault(seg.name, (sw, port))
+    return out
 
-    A link's own ``backend`` wins, else ``default``; ``auto`` means ns3 for a link
-    that asks for delay on a kernel without netem (tc cannot delay there), tc
-    otherwise. Whether the chosen backend can run here is :meth:`EmulatedNetwork.preflight`'s
-    business, not this function's.
+
+def link_backends(topo: Topology, default: str, netem: bool) -> list[str]:
+    """The backend ("tc", "ns3" or "wifi") of every link, in link order.
+
+    A station's link to its access point is ``wifi`` (ns-3 carries it, whatever the
+    default). Otherwise a link's own ``backend`` wins, else ``default``; ``auto``
+    means ns3 for a link that asks for delay on a kernel without netem (tc cannot
+    delay there), tc otherwise. Whether the chosen backend can run here is
+    :meth:`EmulatedNetwork.preflight`'s business, not this function's.
     """
     if default not in ("auto", "tc", "ns3"):
         raise ValueError(f"links.backend must be auto, tc or ns3, got {default!r}")
+    stations = station_segments(topo)
     out = []
     for ln in topo.links:
+        host = ln.a if is_host(ln.a) else ln.b if is_host(ln.b) else None
+        seg = stations.get(host)
+        if seg is not None and seg.ap_switch in (ln.a, ln.b):
+            out.append("wifi")
+            continue
         b = ln.backend or default
         if b == "auto":
             b = "ns3" if ln.delay_ms and not netem else "tc"
@@ -183,7 +225,7 @@ class EmulatedNetwork:
         if not self.caps.ovs_running:
             raise NetworkError("Open vSwitch is not running: run `sudo make setup` (starts ovs-ctl)")
         for ln, be in zip(self.topo.links, self.backends):
-            if be == "ns3":
+            if be in ("ns3", "wifi"):
                 continue
             if ln.delay_ms and not self.caps.netem:
                 raise NetworkError(
@@ -196,12 +238,13 @@ class EmulatedNetwork:
             if ln.loss_pct and not (self.caps.netem or self.caps.bpf_loss):
                 raise NetworkError(f"link {ln.a}-{ln.b} asks for loss but neither netem nor "
                                    f"cls_bpf is available")
-        if "ns3" in self.backends:
+        if "ns3" in self.backends or "wifi" in self.backends:
             ok, why = ns3_available()
             if not ok:
-                ns3_links = [f"{ln.a}-{ln.b}" for ln, be in zip(self.topo.links, self.backends) if be == "ns3"]
-                raise NetworkError(f"links {ns3_links[:5]} use the ns3 backend, which is not usable "
-                                   f"here: {why}")
+                ns3_links = [f"{ln.a}-{ln.b}" for ln, be in zip(self.topo.links, self.backends)
+                             if be in ("ns3", "wifi")]
+                raise NetworkError(f"links {ns3_links[:5]} use the ns3 backend (WiFi segments included), "
+                                   f"which is not usable here: {why}")
         taken = existing_bridges() & set(self.topo.switches)
         if taken:
             raise NetworkError(
@@ -268,8 +311,8 @@ class EmulatedNetwork:
         for h in self.topo.hosts:
             net.addHost(h, ip=f"{host_ip(h)}/8", mac=host_mac(h))
         for (a, ap, b, bp), be in zip(plan_ports(self.topo), self.backends):
-            if be == "ns3":
-                continue    # made by _start_ns3: two taps, ns-3 in between
+            if be in ("ns3", "wifi"):
+                continue    # made by _start_ns3: taps, ns-3 in between
             net.addLink(a, b, port1=ap, port2=bp)
             for node, port in ((a, ap), (b, bp)):
                 if is_switch(node):
@@ -302,9 +345,12 @@ class EmulatedNetwork:
         and plug the switch ends into their bridges as the planned port numbers."""
         from testbed.ns3link import DEFAULT_MAX_LAG_MS, LinkSpec, Ns3Links, TapEnd
 
+        from testbed.ns3link import StationSpec, WifiSpec
+
         plan = [(ln, ports) for ln, ports, be in zip(self.topo.links, plan_ports(self.topo), self.backends)
                 if be == "ns3"]
-        if not plan:
+        segs = wifi_segments(self.topo)
+        if not plan and not segs:
             return
         if self.run_dir is None:
             raise NetworkError("ns3 links need a run directory for ns-3's config, log and pcaps "
@@ -320,29 +366,45 @@ class EmulatedNetwork:
         specs = [LinkSpec(f"{a}-{b}", a=end(a, ap), b=end(b, bp), rate_mbps=ln.bw_mbit,
                           delay_ms=ln.delay_ms or 0.0, loss_pct=ln.loss_pct or 0.0)
                  for ln, (a, ap, b, bp) in plan]
+        aps = ap_ports(self.topo)
+        wifi = [WifiSpec(seg.name, ap=end(*aps[seg.name]),
+                         stations=tuple(StationSpec(st.host, end(st.host, 0), st.position, st.velocity)
+                                        for st in seg.stations),
+                         ap_position=seg.ap_position, standard=seg.standard, rate_manager=seg.rate_manager,
+                         tx_power_dbm=seg.tx_power_dbm, path_loss_exponent=seg.path_loss_exponent,
+                         reference_loss_db=seg.reference_loss_db, rx_sensitivity_dbm=seg.rx_sensitivity_dbm)
+                for seg in segs]
         lag = self.ns3_max_lag_ms if self.ns3_max_lag_ms is not None else DEFAULT_MAX_LAG_MS
-        self.ns3 = Ns3Links(specs, self.run_dir, self.run_id, max_lag_ms=lag)
+        # A WLAN costs ns-3 far more per frame than a link (every frame reaches every
+        # radio, MAC ACKs, beacons): on a busy 2-core machine it fell 51 ms behind while
+        # torch trained beside it. SCHED_FIFO keeps it on time (bench_ns3.py: the lag's
+        # tail ~10x shorter); RLIMIT_RTTIME (sim.py) stops it cleanly should it spin.
+        rt = WIFI_RT_PRIORITY if segs else 0
+        self.ns3 = Ns3Links(specs, self.run_dir, self.run_id, max_lag_ms=lag, wifi=wifi, rt_priority=rt)
         self.ns3.start()
-        self.log(f"ns-3 runs {len(specs)} link(s) ({', '.join(s.name for s in specs)}), pid {self.ns3.pid}, "
-                 f"started in {self.ns3.startup_s:.2f} s")
+        what = [f"{len(specs)} link(s) ({', '.join(s.name for s in specs)})"] if specs else []
+        what += [f"WiFi {seg.name} (AP on {aps[seg.name][0]} port {aps[seg.name][1]}, stations "
+                 f"{', '.join(seg.hosts)})" for seg in segs]
+        self.log(f"ns-3 runs {' and '.join(what)}, pid {self.ns3.pid}, started in {self.ns3.startup_s:.2f} s")
+        ends = [(node, port) for ln, (a, ap, b, bp) in plan for node, port in ((a, ap), (b, bp))]
+        ends += [aps[seg.name] for seg in segs] + [(h, 0) for seg in segs for h in seg.hosts]
         args = ["ovs-vsctl"]
-        for ln, (a, ap, b, bp) in plan:
-            for node, port in ((a, ap), (b, bp)):
-                intf = self.intf_name(node, port)
-                if is_switch(node):
-                    _sh(["ip", "link", "set", "dev", intf, "alias", f"{RUN_TAG}={self.run_id}"])
-                    _sh(["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"])
-                    args += ["--", "add-port", node, intf, "--", "set", "Interface", intf,
-                             f"ofport_request={port}"]
-                    cmd = ["ethtool", "-K", intf, "tx", "off"]
-                else:
-                    cmd = ["nsenter", f"--net=/proc/{self.net.get(node).pid}/ns/net", "--",
-                           "ethtool", "-K", intf, "tx", "off"]
-                if self.caps.datapath == "user":
-                    # As for veths: no TX checksum offload towards the userspace datapath.
-                    r = _sh(cmd)
-                    if r.returncode:
-                        raise NetworkError(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")
+        for node, port in ends:
+            intf = self.intf_name(node, port)
+            if is_switch(node):
+                _sh(["ip", "link", "set", "dev", intf, "alias", f"{RUN_TAG}={self.run_id}"])
+                _sh(["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"])
+                args += ["--", "add-port", node, intf, "--", "set", "Interface", intf,
+                         f"ofport_request={port}"]
+                cmd = ["ethtool", "-K", intf, "tx", "off"]
+            else:
+                cmd = ["nsenter", f"--net=/proc/{self.net.get(node).pid}/ns/net", "--",
+                       "ethtool", "-K", intf, "tx", "off"]
+            if self.caps.datapath == "user":
+                # As for veths: no TX checksum offload towards the userspace datapath.
+                r = _sh(cmd)
+                if r.returncode:
+                    raise NetworkError(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")
         r = _sh(args)
         if r.returncode:
             raise NetworkError(f"could not add the ns-3 taps to their bridges: {r.stderr.strip()}")
@@ -376,8 +438,11 @@ class EmulatedNetwork:
                  last=missing)
         target = f"tcp:127.0.0.1:{self.controller_port}"
         args = ["ovs-vsctl"]
-        for s in self.topo.switches:
-            args += ["--", "set-controller", s, target]
+        for i, s in enumerate(self.topo.switches):
+            # reconnect within 1 s of a controller restart (OVS backs off to 8 s by default);
+            # fail mode stays secure, so the flows keep forwarding while the DCC is away
+            args += ["--", f"--id=@c{i}", "create", "Controller", f"target=\"{target}\"", "max_backoff=1000",
+                     "--", "set", "Bridge", s, f"controller=@c{i}"]
         r = _sh(args)
         if r.returncode:
             raise NetworkError(f"could not attach switches to the DCC at {target}: {r.stderr}")
@@ -404,17 +469,34 @@ class EmulatedNetwork:
                 if not out.endswith("rc=0"):
                     raise NetworkError(f"shaping {intf} failed: `{c}` said: {out}")
 
-    def set_link(self, a: str, b: str, bw: float | None = None, loss: float | None = None):
-        """Change a running link's bandwidth and/or loss (both directions); returns
-        the link as now configured. Delay cannot change here (netem-less kernels)."""
+    def set_link(self, a: str, b: str, bw: float | None = None, loss: float | None = None,
+                 delay: float | None = None):
+        """Change a running link's bandwidth, loss and/or (ns3 links only) one-way delay,
+        both directions; returns the link as now configured. tc links cannot change
+        their delay here (netem-less kernels); WiFi links change by moving the station."""
         plan = plan_ports(self.topo)
         for i, (ln, ports) in enumerate(zip(self.topo.links, plan)):
             if {ln.a, ln.b} == {a, b}:
-                if self.backends[i] == "ns3":
-                    raise NetworkError(f"link {a}-{b} is emulated by ns-3, whose links cannot be "
-                                       f"changed while running yet; give it `backend: tc` to change it")
+                if self.backends[i] == "wifi":
+                    raise NetworkError(f"link {a}-{b} is a WiFi station's link: its rate follows the "
+                                       f"station's position; move the station instead (timeline "
+                                       f"move_station / set_velocity)")
                 new = dataclasses.replace(ln, bw_mbit=bw if bw is not None else ln.bw_mbit,
-                                          loss_pct=loss if loss is not None else ln.loss_pct)
+                                          loss_pct=loss if loss is not None else ln.loss_pct,
+                                          delay_ms=delay if delay is not None else ln.delay_ms)
+                if self.backends[i] == "ns3":
+                    from testbed.ns3link import ConfigError, Ns3LinkError
+                    try:   # the LinkSpec is named after the link's ends in topology order
+                        self.ns3.set_link(f"{ln.a}-{ln.b}", rate_mbps=bw, delay_ms=delay, loss_pct=loss)
+                    except (ConfigError, Ns3LinkError) as e:
+                        raise NetworkError(f"changing ns-3 link {a}-{b} failed: {e}") from None
+                    links = list(self.topo.links)
+                    links[i] = new
+                    self.topo = dataclasses.replace(self.topo, links=links)
+                    return new
+                if delay is not None and delay != (ln.delay_ms or 0):
+                    raise NetworkError(f"link {a}-{b} is a tc link, whose delay cannot change while "
+                                       f"running; give it `backend: ns3` (in the topology) to change its delay")
                 shaped = bool(ln.bw_mbit or ln.loss_pct or ln.delay_ms)
                 self._shape_link(new, ports, drop_loss_filter=bool(ln.loss_pct) and not new.loss_pct,
                                  reshape=shaped)
@@ -439,6 +521,29 @@ class EmulatedNetwork:
                         raise NetworkError(f"setting {intf} {'up' if up else 'down'} failed: {out}")
                 return ln
         raise NetworkError(f"no link between {a} and {b}")
+
+    def move_station(self, host: str, to, speed: float = 0.0) -> dict:
+        """Move WiFi station ``host`` to ``to`` (m) at ``speed`` m/s (0: at once); returns
+        ns-3's ``applied`` line (``eta_s``: seconds until it arrives)."""
+        return self._mobility(host, lambda: self.ns3.move_station(host, to, speed))
+
+    def set_velocity(self, host: str, velocity) -> dict:
+        """Give WiFi station ``host`` a constant velocity (m/s; zero stops it)."""
+        return self._mobility(host, lambda: self.ns3.set_velocity(host, velocity))
+
+    def _mobility(self, host: str, call) -> dict:
+        if host not in station_segments(self.topo) or self.ns3 is None:
+            raise NetworkError(f"{host} is not a WiFi station of this network (stations: "
+                               f"{sorted(station_segments(self.topo))})")
+        from testbed.ns3link import ConfigError, Ns3LinkError
+        try:
+            return call()
+        except (ConfigError, Ns3LinkError) as e:
+            raise NetworkError(f"moving station {host} failed: {e}") from None
+
+    def wifi_status(self) -> dict[str, dict]:
+        """Every WiFi station's latest state from ns-3 (see Ns3Links.wifi_status); {} if none."""
+        return self.ns3.wifi_status() if self.ns3 is not None and wifi_segments(self.topo) else {}
 
     def host(self, name: str):
         return self.net.get(name)

@@ -32,7 +32,7 @@ class EventWatcher:
     """Tails node event files and reports progress lines."""
 
     SHOW = {"itinerary_received", "train", "evaluation", "task_end", "task_result", "error",
-            "transfer_failed", "message_dropped", "replan"}
+            "transfer_failed", "message_dropped", "replan", "aats_decision", "privacy_violation"}
 
     def __init__(self, run_dir: Path, say):
         self.dir = run_dir / "events"
@@ -65,10 +65,16 @@ class EventWatcher:
 
 def describe(e: dict) -> str:
     k, s = e["kind"], e["src"]
+    if k == "train" and e.get("aggregated_from"):  # fedavg: the server's average of a round
+        return f"{s}: task {e['task']} round {e['hop']} averaged {len(e['aggregated_from'])} models ({e['samples']} samples)"
     if k == "train":
         return f"{s}: task {e['task']} hop {e['hop']} (lap {e['lap']}) trained on {e['samples']} samples, loss {e['loss']:.3f}"
     if k == "evaluation":
         return f"{s}: task {e['task']} hop {e['hop']} verified by {e['by']}: accuracy {e['accuracy']:.3f}"
+    if k == "aats_decision":  # AATS: the model chose its next hop (or its end) here
+        return f"{s}: task {e['task']} AATS {'next hop' if e.get('chosen') else 'end'}: {e['reason']}"
+    if k == "privacy_violation":
+        return f"{s}: raw data shipped to {e['to']} against its privacy level: {e['reason']}"
     if k == "itinerary_received":
         return f"{s}: task {e['task']} itinerary from DCC: {' -> '.join(e['itinerary'])}"
     if k == "replan":
@@ -133,7 +139,8 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
         plan = next((e["itinerary"] for e in events
                      if e["kind"] == "itinerary" and e.get("task") == t.id), [])
         result = next((e for e in tev if e["kind"] == "task_result"), {})
-        transfers = [e for e in tev if e["kind"] == "transfer"]
+        # the model's bytes: raw shards a task pulled (centralized mode) are raw_data_bytes_sent
+        transfers = [e for e in tev if e["kind"] == "transfer" and e.get("msg") != "DATA_SHARD"]
         final = evals[-1]["accuracy"] if evals else None
         tasks.append({
             "id": t.id, "client": t.client, "target_accuracy": t.target_accuracy, "submitted": t.submitted,
@@ -152,6 +159,7 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
                 next((e for e in events if e["kind"] == "feasibility" and e.get("task") == t.id), None),
                 result.get("seconds"), sum(e["bytes"] for e in transfers) if transfers else None, final),
             "replans": sum(1 for e in events if e["kind"] == "replan" and e.get("task") == t.id),
+            **mode_task_summary(spec.mode, tev),
         })
     flow_count = 0
     ours = 0
@@ -185,9 +193,43 @@ def summarize(run_dir: Path, spec, net_info: dict) -> dict:
                # nodes the DCC marked down before they stopped on purpose (at the end
                # of a run every node stops reporting)
                "nodes_marked_down": sorted({e["node"] for e in events if e["kind"] == "node_down"
-                                            and e["t"] < stopped.get(e["node"], float("inf"))})}
+                                            and e["t"] < stopped.get(e["node"], float("inf"))}),
+               **mode_run_summary(events)}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def mode_task_summary(mode: str, tev: list[dict]) -> dict:
+    """A task's figures particular to its mode (nodes/modes.py); {} in DCC mode."""
+    if mode == "fedavg":
+        rounds = [e for e in tev if e["kind"] == "fedavg_round"]
+        return {"rounds": len(rounds), "participants": sorted({n for e in rounds for n in e["received"]},
+                                                               key=lambda h: int(h[1:]))}
+    if mode == "centralized":
+        pooled = next((e for e in tev if e["kind"] == "data_pooled"), {})
+        return {"epochs": sum(1 for e in tev if e["kind"] == "train"), "pooled_from": pooled.get("nodes", [])}
+    if mode in ("autonomous", "random_walk"):
+        kind = "aats_decision" if mode == "autonomous" else "walk_step"
+        return {"decisions": sum(1 for e in tev if e["kind"] == kind)}
+    return {}
+
+
+def mode_run_summary(events: list[dict]) -> dict:
+    """Run-wide costs of the non-DCC modes: raw data shipped against a node's privacy
+    level (centralized), data kept back, and AATS gossip (KNOWLEDGE_REPORTs node to node)."""
+    out = {}
+    bad = [e for e in events if e["kind"] == "privacy_violation"]
+    kept = [e for e in events if e["kind"] == "data_withheld"]
+    if bad or kept:
+        out["privacy"] = {"violations": [{k: e.get(k) for k in ("node", "to", "privacy", "reason", "bytes")}
+                                         for e in bad],
+                          "violating_bytes": sum(e.get("bytes", 0) for e in bad),
+                          "withheld": [{"node": e["src"], "to": e.get("to"), "reason": e.get("reason")} for e in kept]}
+    gossip = [e for e in events if e["kind"] == "gossip"]
+    if gossip:
+        out["gossip"] = {"exchanges": len(gossip), "messages": 2 * len(gossip),
+                         "bytes": sum(e.get("bytes", 0) for e in gossip)}
+    return out
 
 
 def plot(run_dir: Path):

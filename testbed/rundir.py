@@ -111,6 +111,8 @@ class RunDir:
 
     @property
     def policy(self) -> str:
+        if self.mode != "dcc":  # the MTRCE policy plans nothing outside DCC mode
+            return "-"
         pol = (self.spec.get("controller") or {}).get("policy")
         if pol is None:  # older specs: the DCC says in its plan event
             pol = next((e.get("policy") for e in self.events if e["kind"] == "plan" and e.get("policy")), None)

@@ -153,6 +153,12 @@ def _pgid_state(pid: int, pgid: int) -> bool:
     return int(fields[2]) == pgid and fields[0] not in ("Z", "X")
 
 
+def knowledge_timeout(nodes: int) -> float:
+    """Seconds to wait for every node's first knowledge report: 120, plus 0.5 s a node
+    beyond 100 (forking and starting 200 nodes on 2 cores takes tens of seconds)."""
+    return 120.0 + 0.5 * max(0, nodes - 100)
+
+
 def node_config(spec: Spec, topo: Topology, run_dir: Path, pids: dict[str, int], dims: dict) -> dict:
     return {
         "run_dir": str(run_dir), "seed": spec.seed,
@@ -190,7 +196,8 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path, dims: dict | None =
     return {"roles": spec.nodes, "hosts": {h: o.model_dump() for h, o in spec.hosts.items()},
             "links": links, "knowledge": spec.knowledge.model_dump(),
             "policy": spec.controller.policy, "reserve_mbps": spec.controller.reserve_mbps, "seed": spec.seed,
-            "local_epochs": spec.training.local_epochs,
+            "local_epochs": spec.training.local_epochs, "rollback_drop": spec.controller.rollback_drop,
+            "max_local_epochs": spec.training.max_local_epochs, "plan_inputs": spec.controller.plan_inputs,
             # tasks submitted through the API get ids after these; queries must fit the model's input
             "task_ids": [t.id for t in spec.tasks], "features": (dims or {}).get("in_features"),
             # replica placement (tasks[].replicas): k and the query sources of the model's workloads
@@ -203,10 +210,18 @@ def dcc_config(spec: Spec, topo: Topology, token_path: Path, dims: dict | None =
 class Timeline:
     """Applies the spec's timeline events at their time after the clients start."""
 
-    def __init__(self, spec: Spec, net: EmulatedNetwork, api: ApiClient, run_dir: Path, say, ev):
+    def __init__(self, spec: Spec, net: EmulatedNetwork, api: ApiClient, run_dir: Path, say, ev, ctl=None):
         self.pending = sorted(spec.timeline, key=lambda e: e.at_s)
         self.net, self.api, self.run_dir, self.say, self.ev = net, api, run_dir, say, ev
+        self.roles = spec.nodes
+        self.ctl = ctl
+        self.paused: dict[int, float] = {}  # pid -> when to resume it
         self.t0: float | None = None
+        # WiFi stations (ns-3): followed from the start, so the DCC knows their links'
+        # capacities before the clients ask for a plan
+        self.wifi = WifiMonitor(spec, net, api, say, ev) if net.wifi_status() else None
+        if self.wifi:
+            self.wifi.poll()
 
     def start(self):
         self.t0 = time.time()
@@ -214,13 +229,37 @@ class Timeline:
     def poll(self):
         while self.t0 is not None and self.pending and time.time() - self.t0 >= self.pending[0].at_s:
             self.apply(self.pending.pop(0))
+        for pid, until in list(self.paused.items()):
+            if time.time() >= until:
+                self._resume(pid)
+        if self.wifi:   # the WiFi stations: samples, and their links' capacities to the DCC
+            self.wifi.poll()
+
+    def _resume(self, pid: int):
+        node = next((n for n, p in json.loads((self.run_dir / "node-pids.json").read_text()).items()
+                     if p == pid), str(pid))
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        self.paused.pop(pid, None)
+        self.say(f"timeline: node {node} resumed (SIGCONT)")
+        self.ev("node_resumed", node=node, pid=pid)
+
+    def close(self):
+        """Never leave a node stopped (the run ends, or fails, while it is paused)."""
+        for pid in list(self.paused):
+            self._resume(pid)
+        if self.wifi:
+            self.wifi.poll()
 
     def apply(self, e):
         if e.kind == "set_link":
             a, b = e.link
-            ln = self.net.set_link(a, b, bw=e.bw, loss=e.loss)
-            self.say(f"timeline: link {a}-{b} now {ln.bw_mbit} Mbit/s, {ln.loss_pct or 0}% loss")
-            self.ev("link_changed", link=[a, b], bw=ln.bw_mbit, loss=ln.loss_pct, at_s=e.at_s)
+            ln = self.net.set_link(a, b, bw=e.bw, loss=e.loss, delay=e.delay)
+            self.say(f"timeline: link {a}-{b} now {ln.bw_mbit} Mbit/s, {ln.loss_pct or 0}% loss, "
+                     f"{ln.delay_ms or 0} ms delay")
+            self.ev("link_changed", link=[a, b], bw=ln.bw_mbit, loss=ln.loss_pct, delay=ln.delay_ms, at_s=e.at_s)
             if e.bw is not None:
                 try:  # OAM: the DCC learns the configured capacity; utilisation it measures
                     self.api.set_link_capacity(a, b, ln.bw_mbit)
@@ -246,6 +285,48 @@ class Timeline:
                 f.write(json.dumps(cmd) + "\n")
             self.say(f"timeline: data at {e.node} drifts to labels {e.labels} ({e.fraction:.0%} of its samples)")
             self.ev("drift_requested", node=e.node, labels=list(e.labels), fraction=e.fraction, at_s=e.at_s)
+        elif e.kind in ("move_station", "set_velocity"):
+            if e.kind == "move_station":
+                got = self.net.move_station(e.station, e.to, e.speed or 0.0)
+                self.say(f"timeline: station {e.station} moves from {got['from'][:2]} to {got['to'][:2]} m"
+                         + (f" at {e.speed:g} m/s (arrives in {got['eta_s']:.1f} s)" if e.speed else ""))
+                self.ev("station_moving", station=e.station, **{"from": got["from"]}, to=got["to"], speed=e.speed or 0.0,
+                        eta_s=got["eta_s"], at_s=e.at_s, t_sim_s=got["t_sim_s"])
+            else:
+                got = self.net.set_velocity(e.station, e.velocity)
+                self.say(f"timeline: station {e.station} at {got['position'][:2]} m now moves at "
+                         f"{got['velocity'][:2]} m/s")
+                self.ev("station_velocity", station=e.station, position=got["position"], velocity=got["velocity"],
+                        at_s=e.at_s, t_sim_s=got["t_sim_s"])
+            if self.wifi:
+                self.wifi.poll()
+        elif e.kind == "restart_controller":
+            self.ev("controller_killed", at_s=e.at_s, down_s=e.for_s or 0.0)
+            self.say(f"timeline: the DCC is killed (SIGKILL) and restarted after {e.for_s or 0:g} s")
+            gone = self.ctl.crash_and_restart(e.for_s or 0.0)
+            self.say(f"timeline: the DCC listens again after {gone:.1f} s; it rebuilds its state from the "
+                     f"switches and the nodes' reports and requests")
+            self.ev("controller_restarted", seconds_down=round(gone, 3))
+        elif e.kind == "pause_node":
+            pid = json.loads((self.run_dir / "node-pids.json").read_text())[e.node]
+            os.kill(pid, signal.SIGSTOP)
+            self.paused[pid] = time.time() + e.for_s
+            self.say(f"timeline: node {e.node} paused for {e.for_s:g} s (SIGSTOP: no reports, no work)")
+            self.ev("node_paused", node=e.node, pid=pid, for_s=e.for_s, at_s=e.at_s)
+        elif e.kind == "crash_node" and e.task is not None:
+            try:  # the node the model is at (or on its way to), as the DCC tracks it
+                t = self.api.get("tasks").get(str(e.task)) or {}
+            except ApiError as err:
+                t = {"error": str(err)}
+            node = t.get("heading")
+            roles = self.roles.get(node, [])
+            if not t.get("active") or node is None or not ({"data", "compute"} & set(roles)):
+                why = t.get("error") or (f"task {e.task} is not travelling (heading {node!r}, "
+                                         f"active {t.get('active')})")
+                self.say(f"timeline: no holder of task {e.task} to crash: {why}")
+                self.ev("crash_skipped", task=e.task, reason=why, at_s=e.at_s)
+            else:
+                self.apply(e.model_copy(update={"task": None, "node": node}))
         elif e.kind == "crash_node":
             pids = json.loads((self.run_dir / "node-pids.json").read_text())
             (self.run_dir / "crashed").mkdir(exist_ok=True)
@@ -256,6 +337,89 @@ class Timeline:
                 pass
             self.say(f"timeline: node {e.node} crashed (SIGKILL to pid {pids[e.node]})")
             self.ev("node_crashed", node=e.node, pid=pids[e.node], at_s=e.at_s)
+
+
+class WifiMonitor:
+    """Follows the WiFi stations in ns-3's status lines: records each station's position,
+    channel and throughput (``wifi_station`` events, one per status line) and tells the
+    DCC each station link's capacity (POST /v1/links) when the rate the channel model
+    gives at the station's position changes (``wifi_capacity`` events).
+
+    Why the channel model's rate: it is what the AP would pick for the station now (the
+    Ideal manager's choice at the SNR the station's position gives), known at once and
+    whether or not traffic flows, as a real AP knows each station's current bitrate. The
+    DCC cannot see it: OVS reports the AP's tap as a 10 Gbit/s port. The capacity told is
+    :func:`testbed.ns3link.wifi.capacity_mbps` of that rate (air-time model of 1500-byte
+    frames), and a station out of reach gets OUT_OF_REACH_MBPS."""
+
+    def __init__(self, spec: Spec, net: EmulatedNetwork, api: ApiClient, say, ev):
+        from testbed.ns3link.wifi import station_segments
+        self.net, self.api, self.say, self.ev = net, api, say, ev
+        self.segments = station_segments(net.topo)
+        tell = {seg.name or f"wifi{i + 1}": seg.tell_dcc for i, seg in enumerate(spec.wifi)}
+        self.tell = {h: tell.get(seg.name, True) for h, seg in self.segments.items()}
+        self.last_t = None
+        self.prev: dict[str, dict] = {}
+        self.told: dict[str, float] = {}
+        self.stats: dict[str, dict] = {}
+
+    def poll(self):
+        from testbed.ns3link.wifi import capacity_mbps
+        stations = self.net.wifi_status()
+        t = next(iter(stations.values()), {}).get("unix_s")
+        if t is None or t == self.last_t:
+            return
+        self.last_t = t
+        for host, st in sorted(stations.items()):
+            seg = self.segments[host]
+            prev = self.prev.get(host)
+            rates = {}
+            for way in ("up", "down"):
+                if prev and st["unix_s"] > prev["unix_s"]:
+                    rates[way] = round((st[way]["bytes_out"] - prev[way]["bytes_out"]) * 8
+                                       / (st["unix_s"] - prev["unix_s"]) / 1e6, 3)
+                else:
+                    rates[way] = None
+            self.prev[host] = st
+            sample = {"station": host, "segment": st["segment"], "t_sim_s": st["t_sim_s"],
+                      "position": st["position"], "velocity": st["velocity"], "distance_m": st["distance_m"],
+                      "rx_dbm": st["rx_dbm"], "snr_db": st["snr_db"], "model_rate_mbps": st["model_rate_mbps"],
+                      "associated": st["associated"], "up_rate_mbps": st["up_rate_mbps"],
+                      "down_rate_mbps": st["down_rate_mbps"], "up_mbps": rates["up"], "down_mbps": rates["down"]}
+            self.ev("wifi_station", **sample)
+            agg = self.stats.setdefault(host, {"segment": st["segment"], "samples": 0, "start_position": st["position"],
+                                               "min_distance_m": st["distance_m"], "max_distance_m": st["distance_m"],
+                                               "max_model_rate_mbps": st["model_rate_mbps"],
+                                               "min_model_rate_mbps": st["model_rate_mbps"], "max_up_mbps": 0.0,
+                                               "max_down_mbps": 0.0, "capacity_told": []})
+            agg["samples"] += 1
+            agg["end_position"] = st["position"]
+            agg["min_distance_m"] = min(agg["min_distance_m"], st["distance_m"])
+            agg["max_distance_m"] = max(agg["max_distance_m"], st["distance_m"])
+            agg["min_model_rate_mbps"] = min(agg["min_model_rate_mbps"], st["model_rate_mbps"])
+            agg["max_model_rate_mbps"] = max(agg["max_model_rate_mbps"], st["model_rate_mbps"])
+            for way in ("up", "down"):
+                agg[f"max_{way}_mbps"] = max(agg[f"max_{way}_mbps"], rates[way] or 0.0)
+            agg["assocs"], agg["deassocs"] = st["assocs"], st["deassocs"]
+            rate = st["model_rate_mbps"]
+            if self.tell[host] and self.told.get(host) != rate:
+                cap = round(capacity_mbps(rate, seg.standard), 3)
+                try:
+                    self.api.set_link_capacity(host, seg.ap_switch, cap)
+                except ApiError as err:
+                    raise RunError(f"could not tell the DCC about WiFi link {host}-{seg.ap_switch}: {err}") from None
+                first = host not in self.told
+                self.told[host] = rate
+                agg["capacity_told"].append({"t_sim_s": st["t_sim_s"], "phy_mbps": rate, "capacity_mbps": cap})
+                self.ev("wifi_capacity", station=host, link=[host, seg.ap_switch], phy_mbps=rate, capacity_mbps=cap,
+                        distance_m=st["distance_m"], snr_db=st["snr_db"], t_sim_s=st["t_sim_s"], first=first)
+                if not first:
+                    self.say(f"wifi: {host} at {st['distance_m']:.0f} m from the AP: "
+                             + (f"{rate:g} Mbit/s PHY" if rate else "out of reach")
+                             + f"; DCC told link {host}-{seg.ap_switch} carries {cap:g} Mbit/s")
+
+    def summary(self) -> dict:
+        return self.stats
 
 
 def _check_ns3(net: EmulatedNetwork):
@@ -294,6 +458,9 @@ def run(spec_path: str, out: str | None = None, overrides: list[str] | None = No
     spec, topo = load_spec(spec_path, overrides)  # SpecError before anything starts
     dims = check_data(spec, spec_path)  # bad data (files, partition) fails here too
     say = Progress(quiet)
+    if spec.cluster is not None:  # Mininet cluster mode: placed and checked, not run yet (testbed/cluster.py)
+        from testbed.cluster import plan_cluster, refuse_run
+        refuse_run(plan_cluster(spec, topo), say)
     caps = probe()
     run_id = new_run_id()
     # One run at a time on a machine (names are shared); then refuse what cannot
@@ -361,11 +528,13 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
                 _check_ns3(net)
                 return reporting <= set(ctl.state().get("knowledge", {}))
 
-            wait_for(known, 120, "knowledge reports from every node at the DCC",
-                     last=lambda: sorted(ctl.state().get("knowledge", {})))
+            # every 0.5 s: each poll parses the DCC's state file, ~1 MB at 200 hosts
+            wait_for(known, knowledge_timeout(len(reporting)), "knowledge reports from every node at the DCC",
+                     interval=0.5, last=lambda: sorted(ctl.state().get("knowledge", {})))
             say(f"DCC has knowledge reports from all {len(reporting)} nodes; clients start")
             api = ApiClient.for_run(run_dir)
-            timeline = Timeline(spec, net, api, run_dir, say, ev)
+            timeline = Timeline(spec, net, api, run_dir, say, ev, ctl=ctl)
+            stack.callback(timeline.close)  # unwinds before the nodes stop: no node left paused
             ev("clients_go")
             (run_dir / ".go").touch()
             timeline.start()
@@ -410,6 +579,9 @@ def _run_locked(spec, topo, spec_path, caps, run_id, out, say, dims) -> Path:
             net_info["flows_installed_by_dcc"] = st_end.get("flows_installed")
             net_info["flows_deleted_by_dcc"] = st_end.get("flows_deleted")
             net_info["flows_current_by_dcc"] = st_end.get("flows_current")
+            if timeline.wifi:
+                timeline.wifi.poll()
+                net_info["wifi"] = timeline.wifi.summary()
             if net.ns3 is not None:
                 net.ns3.stop()      # its lag verdict covers the whole run, to the last frame
                 _check_ns3(net)

@@ -9,6 +9,16 @@ to ns-3 (:mod:`testbed.ns3link.taps`), not made by the wheel's TapBridge. Start-
 is kept short (~0.1 s) by compiling the ns-3 side once at set-up against the
 wheel (:mod:`testbed.ns3link.build`) instead of going through cppyy.
 
+A :class:`WifiSpec` is a WiFi segment in the same process: an access point (its
+tap, usually an Open vSwitch port) and :class:`StationSpec` stations (taps in
+emulated hosts, whose MACs the stations' radios take), 802.11a/g with Ideal or
+Minstrel rate control, log-distance path loss and constant-velocity mobility;
+:mod:`testbed.ns3link.wifi` holds the topology side (segments, the shared AP
+port, the capacity a rate gives). While running, :meth:`Ns3Links.set_link`
+changes a link's rate, delay or loss and :meth:`Ns3Links.move_station` /
+:meth:`Ns3Links.set_velocity` move stations (commands on the process's stdin,
+applied by the simulator thread).
+
 Errors: :class:`ConfigError` (a ValueError: a bad spec, raised before anything
 starts), :class:`TapError` (a tap could not be made or placed), and
 :class:`Ns3LinkError` for the process: :class:`Ns3StartError` (did not start),
@@ -24,10 +34,10 @@ Example::
         ...                 # traffic; sim.check() raises if ns-3 died or lagged
     sim.report              # LagReport: lag percentiles and maximum, in ms
 """
-from testbed.ns3link.config import ConfigError, LinkSpec, TapEnd
+from testbed.ns3link.config import ConfigError, LinkSpec, StationSpec, TapEnd, WifiSpec
 from testbed.ns3link.links import (DEFAULT_MAX_LAG_MS, LagReport, Ns3DiedError, Ns3LagError,
                                    Ns3LinkError, Ns3Links, Ns3StartError)
 from testbed.ns3link.taps import TapError
 
-__all__ = ["Ns3Links", "LinkSpec", "TapEnd", "LagReport", "ConfigError", "TapError", "Ns3LinkError",
+__all__ = ["Ns3Links", "LinkSpec", "TapEnd", "WifiSpec", "StationSpec", "LagReport", "ConfigError", "TapError", "Ns3LinkError",
            "Ns3StartError", "Ns3DiedError", "Ns3LagError", "DEFAULT_MAX_LAG_MS"]

@@ -9,7 +9,9 @@ compiled once with the system's g++ against the wheel's headers and libraries
 starts in ~0.1 s and ~22 MB, and cppyy (and its GIL, held for the whole
 simulation) is not needed at run time: sim.py calls the library's small C API
 through ctypes. bench/bench_ns3.py measures all of these (figures above: a
-2-core machine at load average 4-10).
+2-core machine at load average 4-10). Since WiFi segments the library also links
+ns-3's wifi, mobility and propagation modules; the process still starts in ~0.11 s
+(bench/bench_wifi.py).
 
 The library fits one ns3 wheel, compiler and source: its file name carries a
 hash of them, so a stale one is never used, only rebuilt (atomically). It
@@ -32,7 +34,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).resolve().parent / "ns3link.cc"
 NS3_PIN = "3.44.post0"
-MODULES = ("fd-net-device", "network", "core")
+MODULES = ("wifi", "mobility", "propagation", "fd-net-device", "network", "core")
 # The wheel's libraries were built with these (lib64/cmake/ns3/ns3Targets.cmake,
 # INTERFACE_COMPILE_DEFINITIONS): the same here, so headers mean the same to both.
 DEFINES = ("__LINUX__", "NS3_BUILD_PROFILE_RELEASE", "NS3_LOG_ENABLE", "NS3_ASSERT_ENABLE")

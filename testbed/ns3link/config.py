@@ -1,4 +1,4 @@
-"""Typed, strict configuration of ns-3 links: what the testbed asks for, and what sim.py runs.
+"""Typed, strict configuration of ns-3 links and WiFi segments: what the testbed asks for, and what sim.py runs.
 
 Plain dataclasses rather than pydantic: sim.py reads :class:`SimConfig` on the
 start-up path of the ns-3 process, which we keep short (see build.py), and the
@@ -87,11 +87,133 @@ class LinkSpec:
             raise ConfigError(f"{where}: queue_packets must be within 1..1000000, got {self.queue_packets}")
 
 
-def check_links(links: list[LinkSpec]):
-    """Every link valid, link names unique, no interface asked for twice in one namespace."""
-    if not links:
-        raise ConfigError("no links given")
-    names, places = set(), set()
+# --- WiFi segments ---------------------------------------------------------------
+
+STANDARDS = ("80211a", "80211g")
+RATE_MANAGERS = ("ideal", "minstrel")
+# Free-space loss at 1 m at the standard's default channel (36: 5180 MHz; 1: 2412 MHz),
+# 20 log10(4 pi f / c): the log-distance model's reference loss unless one is given.
+REFERENCE_LOSS_DB = {"80211a": 46.73, "80211g": 40.09}
+
+
+def _vector(v, where: str) -> tuple[float, float, float]:
+    """(x, y) or (x, y, z) in metres (or m/s) as a 3-tuple of finite floats."""
+    if not isinstance(v, (tuple, list)) or len(v) not in (2, 3) \
+            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in v):
+        raise ConfigError(f"{where}: expected [x, y] or [x, y, z] (numbers), got {v!r}")
+    out = tuple(float(c) for c in v) + (0.0,) * (3 - len(v))
+    if not all(abs(c) < 1e6 for c in out):
+        raise ConfigError(f"{where}: coordinates must be finite and below 1e6, got {v!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """A WiFi station: the tap ``end`` (an emulated host's interface; its ``mac`` is
+    required, the station's radio takes the same address) at ``position`` (m),
+    moving at ``velocity`` (m/s) from the start. ``host`` names it in status lines
+    and commands."""
+    host: str
+    end: TapEnd
+    position: tuple = (0.0, 0.0, 0.0)
+    velocity: tuple = (0.0, 0.0, 0.0)
+
+    def check(self, where: str):
+        if not LINK_NAME_RE.match(self.host or ""):
+            raise ConfigError(f"{where}: host must be 1-64 of A-Z a-z 0-9 _ . -, got {self.host!r}")
+        self.end.check(f"{where}: end")
+        if self.end.mac is None:
+            raise ConfigError(f"{where}: end.mac is required: the station's radio sends with its "
+                              "host's MAC as source (plain infrastructure mode allows no other)")
+        if int(self.end.mac.split(":")[0], 16) & 1:
+            raise ConfigError(f"{where}: end.mac {self.end.mac} is a group address")
+        _vector(self.position, f"{where}: position")
+        _vector(self.velocity, f"{where}: velocity")
+
+
+@dataclass(frozen=True)
+class WifiSpec:
+    """A WiFi segment simulated by ns-3: one access point whose tap is ``ap`` (an
+    Open vSwitch port, usually) at ``ap_position``, and its ``stations``.
+
+    ``standard``: 80211a (5 GHz, OFDM 6-54 Mbit/s) or 80211g (2.4 GHz);
+    ``rate_manager``: ideal (picks the fastest mode the last SNR allows) or minstrel
+    (sampling, as Linux drivers do); path loss: log-distance with
+    ``path_loss_exponent`` and ``reference_loss_db`` at 1 m (None: free space at the
+    band, :data:`REFERENCE_LOSS_DB`); ``tx_power_dbm`` at AP and stations alike.
+    ``rx_sensitivity_dbm``: weaker frames are not received (-82: the standard's minimum
+    sensitivity at 6 Mbit/s; commodity receivers reach -88..-91).
+    ``ap_mac``: the BSSID (None: 02:da:1f:00:00:NN, N = the segment's index + 1).
+    """
+    name: str
+    ap: TapEnd
+    stations: tuple
+    ap_position: tuple = (0.0, 0.0, 0.0)
+    ap_mac: str | None = None
+    standard: str = "80211a"
+    rate_manager: str = "ideal"
+    tx_power_dbm: float = 16.0206
+    path_loss_exponent: float = 3.0
+    reference_loss_db: float | None = None
+    rx_sensitivity_dbm: float = -82.0
+
+    def check(self, where: str = "wifi"):
+        where = f"{where} {self.name!r}"
+        if not LINK_NAME_RE.match(self.name or ""):
+            raise ConfigError(f"{where}: name must be 1-64 of A-Z a-z 0-9 _ . -")
+        self.ap.check(f"{where}: ap")
+        _vector(self.ap_position, f"{where}: ap_position")
+        if self.ap_mac is not None and not MAC_RE.match(self.ap_mac):
+            raise ConfigError(f"{where}: ap_mac {self.ap_mac!r} is not a lower-case MAC address")
+        if self.standard not in STANDARDS:
+            raise ConfigError(f"{where}: standard must be one of {', '.join(STANDARDS)}, got {self.standard!r}")
+        if self.rate_manager not in RATE_MANAGERS:
+            raise ConfigError(f"{where}: rate_manager must be one of {', '.join(RATE_MANAGERS)}, "
+                              f"got {self.rate_manager!r}")
+        if not -10 <= self.tx_power_dbm <= 30:
+            raise ConfigError(f"{where}: tx_power_dbm must be within -10..30, got {self.tx_power_dbm}")
+        if not 1.5 <= self.path_loss_exponent <= 6:
+            raise ConfigError(f"{where}: path_loss_exponent must be within 1.5..6, got {self.path_loss_exponent}")
+        if not -110 <= self.rx_sensitivity_dbm <= -40:
+            raise ConfigError(f"{where}: rx_sensitivity_dbm must be within -110..-40, got {self.rx_sensitivity_dbm}")
+        if self.reference_loss_db is not None and not 0 <= self.reference_loss_db <= 100:
+            raise ConfigError(f"{where}: reference_loss_db must be within 0..100, got {self.reference_loss_db}")
+        if not self.stations:
+            raise ConfigError(f"{where}: stations: at least one station is needed")
+        hosts, macs = set(), set()
+        for st in self.stations:
+            if not isinstance(st, StationSpec):
+                raise ConfigError(f"{where}: expected StationSpec, got {type(st).__name__}: {st!r}")
+            st.check(f"{where}: station {st.host!r}")
+            if st.host in hosts:
+                raise ConfigError(f"{where}: station {st.host!r} listed twice")
+            if st.end.mac in macs:
+                raise ConfigError(f"{where}: station {st.host!r}: MAC {st.end.mac} used by another station")
+            hosts.add(st.host)
+            macs.add(st.end.mac)
+
+    def reference_loss(self) -> float:
+        return self.reference_loss_db if self.reference_loss_db is not None else REFERENCE_LOSS_DB[self.standard]
+
+
+def default_ap_mac(index: int) -> str:
+    return "02:da:1f:00:%02x:%02x" % ((index + 1) >> 8 & 255, (index + 1) & 255)
+
+
+def check_links(links: list[LinkSpec], wifi: list[WifiSpec] = ()):
+    """Every link and segment valid, names unique, no interface asked for twice in one
+    namespace, no host a station twice."""
+    if not links and not wifi:
+        raise ConfigError("no links and no WiFi segments given")
+    names, places, stations = set(), set(), set()
+
+    def place(what: str, end: TapEnd):
+        key = (end.netns, end.ifname)
+        if key in places:
+            raise ConfigError(f"{what}: interface {end.ifname!r} in namespace {end.netns!r} is used "
+                              "by another link end")
+        places.add(key)
+
     for link in links:
         if not isinstance(link, LinkSpec):
             raise ConfigError(f"expected LinkSpec, got {type(link).__name__}: {link!r}")
@@ -100,11 +222,20 @@ def check_links(links: list[LinkSpec]):
             raise ConfigError(f"link {link.name!r}: name used twice")
         names.add(link.name)
         for side, end in (("a", link.a), ("b", link.b)):
-            key = (end.netns, end.ifname)
-            if key in places:
-                raise ConfigError(f"link {link.name!r}: {side}: interface {end.ifname!r} in namespace "
-                                  f"{end.netns!r} is used by another link end")
-            places.add(key)
+            place(f"link {link.name!r}: {side}", end)
+    for seg in wifi:
+        if not isinstance(seg, WifiSpec):
+            raise ConfigError(f"expected WifiSpec, got {type(seg).__name__}: {seg!r}")
+        seg.check()
+        if seg.name in names:
+            raise ConfigError(f"wifi {seg.name!r}: name used twice (links and segments share names)")
+        names.add(seg.name)
+        place(f"wifi {seg.name!r}: ap", seg.ap)
+        for st in seg.stations:
+            if st.host in stations:
+                raise ConfigError(f"wifi {seg.name!r}: station {st.host!r} is a station of another segment")
+            stations.add(st.host)
+            place(f"wifi {seg.name!r}: station {st.host!r}", st.end)
 
 
 # --- what sim.py reads ---------------------------------------------------------
@@ -128,6 +259,30 @@ class SimLink:
 
 
 @dataclass(frozen=True)
+class SimStation:
+    host: str
+    mac: str
+    end: SimEnd
+    position: tuple = (0.0, 0.0, 0.0)
+    velocity: tuple = (0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class SimWifi:
+    name: str
+    ap: SimEnd
+    ap_mac: str
+    stations: tuple[SimStation, ...]
+    ap_position: tuple = (0.0, 0.0, 0.0)
+    standard: str = "80211a"
+    rate_manager: str = "ideal"
+    tx_power_dbm: float = 16.0206
+    path_loss_exponent: float = 3.0
+    reference_loss_db: float = 46.73
+    rx_sensitivity_dbm: float = -82.0
+
+
+@dataclass(frozen=True)
 class SimConfig:
     """The resolved configuration of one ns-3 process (written to the run directory)."""
     run_id: str
@@ -139,6 +294,7 @@ class SimConfig:
     lag_sample_ms: float = 10.0
     status_every_s: float = 1.0
     rt_priority: int = 0           # SCHED_FIFO priority of the ns-3 threads; 0: normal scheduling
+    wifi: tuple[SimWifi, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1)
@@ -171,10 +327,26 @@ def load_sim_config(path: str | Path) -> SimConfig:
         ld = _strict(SimLink, ld, f"{path}: links[{i}]")
         ends = {s: SimEnd(**_strict(SimEnd, ld[s], f"{path}: links[{i}].{s}")) for s in ("a", "b")}
         links.append(SimLink(**{**ld, **ends}))
-    if not links:
-        raise ConfigError(f"{path}: links: at least one link is needed")
-    return SimConfig(**{**top, "links": tuple(links)})
+    wifi = []
+    for i, wd in enumerate(top.get("wifi") or []):
+        where = f"{path}: wifi[{i}]"
+        wd = _strict(SimWifi, wd, where)
+        stations = []
+        for j, sd in enumerate(wd.get("stations") or []):
+            sd = _strict(SimStation, sd, f"{where}.stations[{j}]")
+            end = SimEnd(**_strict(SimEnd, sd["end"], f"{where}.stations[{j}].end"))
+            stations.append(SimStation(**{**sd, "end": end, "position": tuple(sd.get("position", (0, 0, 0))),
+                                          "velocity": tuple(sd.get("velocity", (0, 0, 0)))}))
+        if not stations:
+            raise ConfigError(f"{where}.stations: at least one station is needed")
+        ap = SimEnd(**_strict(SimEnd, wd["ap"], f"{where}.ap"))
+        wifi.append(SimWifi(**{**wd, "ap": ap, "stations": tuple(stations),
+                               "ap_position": tuple(wd.get("ap_position", (0, 0, 0)))}))
+    if not links and not wifi:
+        raise ConfigError(f"{path}: links, wifi: at least one link or WiFi segment is needed")
+    return SimConfig(**{**top, "links": tuple(links), "wifi": tuple(wifi)})
 
 
-__all__ = ["ConfigError", "TapEnd", "LinkSpec", "SimEnd", "SimLink", "SimConfig", "check_links",
-           "load_sim_config"]
+__all__ = ["ConfigError", "TapEnd", "LinkSpec", "StationSpec", "WifiSpec", "SimEnd", "SimLink", "SimStation",
+           "SimWifi", "SimConfig", "check_links", "load_sim_config", "default_ap_mac", "STANDARDS",
+           "RATE_MANAGERS", "REFERENCE_LOSS_DB"]

@@ -1,5 +1,5 @@
-"""Ns3Links: one ns-3 process simulating all of an experiment's ns-3 links, started,
-watched and always stopped.
+"""Ns3Links: one ns-3 process simulating all of an experiment's ns-3 links and WiFi
+segments, started, watched, changed while running and always stopped.
 
 The testbed side of the ``ns3`` link backend. It opens a tap per link end,
 puts each where its end belongs (a namespace, or the root namespace to become
@@ -13,13 +13,24 @@ simulator fell behind real time by more than ``max_lag_ms`` or died.
 Files, under ``run_dir``: ``ns3/config.json`` (what ran), ``ns3/status.jsonl``
 (status lines), ``logs/ns3.log`` (the process's output), ``pcaps/ns3-LINK-a.pcap``
 and ``-b.pcap`` (ns-3's own captures at each tap: Ethernet, Unix timestamps;
-frames A sent towards B appear in ``-a`` before the link and in ``-b`` after it).
+frames A sent towards B appear in ``-a`` before the link and in ``-b`` after it);
+for a WiFi segment ``pcaps/ns3-SEG-ap.pcap`` and ``pcaps/ns3-SEG-HOST.pcap`` per station.
+
+WiFi segments (:class:`WifiSpec`): the AP's tap and one tap per station; start-up
+waits until every station has associated. Status lines then carry, per station,
+position, velocity, distance, the channel model's rx power, SNR and rate, the PHY
+rates the rate manager used last in each direction, and frame counters.
+
+While running, :meth:`Ns3Links.set_link`, :meth:`Ns3Links.move_station` and
+:meth:`Ns3Links.set_velocity` send a command to the process (a JSON line on its
+stdin) and return once the simulator has applied it (its ``applied`` status line).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,11 +40,17 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from testbed.ns3link.config import LinkSpec, SimConfig, SimEnd, SimLink, check_links
+from testbed.ns3link.config import (ConfigError, LinkSpec, SimConfig, SimEnd, SimLink, SimStation, SimWifi,
+                                    WifiSpec, _vector, check_links, default_ap_mac)
 from testbed.ns3link.taps import TapError, check_place, open_tap, place
 from testbed.wait import WaitTimeout, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _natural(name: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
 RUN_ENV = "DAITN_RUN"              # == testbed.clean.RUN_ENV: clean finds the process by it
 DEFAULT_MAX_LAG_MS = 50.0
 EXIT_LAG = 3                       # == sim.EXIT_LAG (not imported: sim is the child's module)
@@ -88,8 +105,10 @@ class Ns3Links:
     threads SCHED_FIFO at this priority (0: normal scheduling); on a loaded
     machine this cuts the lag's tail ~10x (bench/bench_ns3.py), at the price of
     preempting everything else when busy (bounded by RLIMIT_RTTIME, see sim.py).
+    ``wifi``: WiFi segments (:class:`WifiSpec`) run by the same process;
+    ``assoc_timeout``: how long start-up waits for every station to associate.
     Attributes once started:
-    ``startup_s`` (spawn to running, as the testbed sees it), ``startup`` (the
+    ``startup_s`` (spawn to running, as the testbed sees it; stations associated), ``startup`` (the
     process's own breakdown), ``pcaps``; after stop: ``report`` (:class:`LagReport`),
     ``final`` (last status line) and ``returncode``.
     """
@@ -97,8 +116,14 @@ class Ns3Links:
     def __init__(self, links: list[LinkSpec], run_dir: str | Path, run_id: str, *, seed: int = 1,
                  max_lag_ms: float = DEFAULT_MAX_LAG_MS, lag_sample_ms: float = 10.0,
                  status_every_s: float = 1.0, pcap: bool = True, rt_priority: int = 0,
-                 startup_timeout: float = 60.0, stop_timeout: float = 10.0, python: str = sys.executable):
+                 startup_timeout: float = 60.0, stop_timeout: float = 10.0, python: str = sys.executable,
+                 wifi: list[WifiSpec] = (), assoc_timeout: float = 15.0, command_timeout: float = 10.0):
         self.links = list(links)
+        self.wifi = list(wifi)
+        self.assoc_timeout = assoc_timeout
+        self.command_timeout = command_timeout
+        self._next_id = 0
+        self._cmd_lock = threading.Lock()
         self.run_dir = Path(run_dir)
         self.run_id = run_id
         self.seed = seed
@@ -149,10 +174,14 @@ class Ns3Links:
     def start(self):
         if not self.run_id:
             raise ValueError("Ns3Links needs a run id (it tags the ns-3 process for clean-up)")
-        check_links(self.links)
+        check_links(self.links, self.wifi)
         for link in self.links:
             check_place(link.a, f"link {link.name!r} end a")
             check_place(link.b, f"link {link.name!r} end b")
+        for seg in self.wifi:
+            check_place(seg.ap, f"wifi {seg.name!r} ap")
+            for st in seg.stations:
+                check_place(st.end, f"wifi {seg.name!r} station {st.host!r}")
         for d in (self.config_path.parent, self.log_path.parent, self.pcap_dir):
             d.mkdir(parents=True, exist_ok=True)
         self.status_path.unlink(missing_ok=True)
@@ -176,9 +205,32 @@ class Ns3Links:
                 sim_links.append(SimLink(name=link.name, a=ends["a"], b=ends["b"],
                                          rate_bps=(link.rate_mbps or 0) * 1e6, delay_ms=link.delay_ms,
                                          loss_pct=link.loss_pct, queue_packets=link.queue_packets))
+            sim_wifi = []
+            for k, seg in enumerate(self.wifi):
+                def tap(end, i, label):
+                    tmp = end.ifname if end.netns is None else f"n3{token}w{k:02x}{i:02x}"
+                    fd = open_tap(tmp)
+                    fds.append(fd)
+                    place(tmp, end)
+                    pcap = self.pcap_dir / f"ns3-{seg.name}-{label}.pcap" if self.pcap else None
+                    if pcap:
+                        self.pcaps.append(pcap)
+                    return SimEnd(fd=fd, mtu=end.mtu, pcap=str(pcap) if pcap else "")
+                ap = tap(seg.ap, 255, "ap")
+                stations = tuple(SimStation(host=st.host, mac=st.end.mac, end=tap(st.end, j, st.host),
+                                            position=_vector(st.position, "position"),
+                                            velocity=_vector(st.velocity, "velocity"))
+                                 for j, st in enumerate(seg.stations))
+                sim_wifi.append(SimWifi(name=seg.name, ap=ap, ap_mac=seg.ap_mac or default_ap_mac(k),
+                                        stations=stations, ap_position=_vector(seg.ap_position, "ap_position"),
+                                        standard=seg.standard, rate_manager=seg.rate_manager,
+                                        tx_power_dbm=seg.tx_power_dbm, path_loss_exponent=seg.path_loss_exponent,
+                                        reference_loss_db=seg.reference_loss(),
+                                        rx_sensitivity_dbm=seg.rx_sensitivity_dbm))
             cfg = SimConfig(run_id=self.run_id, status_path=str(self.status_path), links=tuple(sim_links),
                             seed=self.seed, max_lag_ms=self.max_lag_ms, lag_sample_ms=self.lag_sample_ms,
-                            status_every_s=self.status_every_s, rt_priority=self.rt_priority)
+                            status_every_s=self.status_every_s, rt_priority=self.rt_priority,
+                            wifi=tuple(sim_wifi))
             self.config_path.write_text(cfg.to_json())
             self._write_specs()
             env = dict(os.environ, **{RUN_ENV: self.run_id}, NS3LINK_PARENT_PID=str(os.getpid()),
@@ -187,7 +239,7 @@ class Ns3Links:
             t0 = time.monotonic()
             self.proc = subprocess.Popen([self.python, "-m", "testbed.ns3link.sim", str(self.config_path)],
                                          pass_fds=fds, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT), start_new_session=True)
+                                         stdin=subprocess.PIPE, cwd=str(REPO_ROOT), start_new_session=True)
         except BaseException:
             if self._log is not None:
                 self._log.close()
@@ -201,6 +253,10 @@ class Ns3Links:
         try:
             wait_for(self._running, self.startup_timeout, "the ns-3 process to run its links",
                      interval=0.02, last=self._last_event)
+            if self.wifi:
+                wait_for(lambda: self._alive() and not self._unassociated(), self.assoc_timeout,
+                         "every WiFi station to associate with its access point", interval=0.02,
+                         last=self._association_detail)
         except WaitTimeout as e:
             self.stop()
             raise Ns3StartError(f"{e}; see {self.log_path}:\n{self._log_tail()}") from None
@@ -219,6 +275,11 @@ class Ns3Links:
     def stop(self):
         """Stop the process (idempotent); fills ``report``, ``final``, ``returncode``."""
         self._stopping = True
+        if self.proc is not None and self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.send_signal(signal.SIGTERM)
@@ -285,6 +346,35 @@ class Ns3Links:
                                 f"see {self.log_path}:\n{self._log_tail()}")
         return False
 
+    def _alive(self) -> bool:
+        self._read_status()
+        if self.proc.poll() is not None:
+            raise Ns3StartError(f"the ns-3 process exited with code {self.proc.returncode} while its WiFi "
+                                f"stations associated; see {self.log_path}:\n{self._log_tail()}")
+        return True
+
+    def _unassociated(self) -> list[str]:
+        """Stations that have not associated yet (or lost their association since)."""
+        state: dict[str, bool] = {st.host: False for seg in self.wifi for st in seg.stations}
+        with self._lock:
+            for ln in self._lines:
+                if ln.get("event") in ("assoc", "deassoc"):
+                    state[ln["station"]] = ln["event"] == "assoc"
+        return sorted((h for h, ok in state.items() if not ok), key=_natural)
+
+    def _association_detail(self) -> str:
+        stations = self.wifi_status()
+        out = []
+        for h in self._unassociated():
+            st = stations.get(h, {})
+            if st:
+                out.append(f"{h} not associated at {st.get('distance_m', 0):.1f} m from the AP (channel model: "
+                           f"{st.get('rx_dbm', 0):.1f} dBm, SNR {st.get('snr_db', 0):.1f} dB, rate "
+                           f"{st.get('model_rate_mbps', 0)} Mbit/s; 0 means out of reach: move it closer)")
+            else:
+                out.append(f"{h} not associated")
+        return "; ".join(out) or self._last_event()
+
     def _last_event(self) -> str:
         return self._lines[-1].get("event", "?") if self._lines else "no status line yet"
 
@@ -326,10 +416,10 @@ class Ns3Links:
     # --- for the testbed ---------------------------------------------------------
 
     def status(self) -> dict:
-        """The latest status line (lag, per-link frames and drops)."""
+        """The latest periodic status line (lag, per-link frames and drops, WiFi stations)."""
         self._read_status()
         with self._lock:
-            return dict(self._lines[-1]) if self._lines else {}
+            return next((dict(ln) for ln in reversed(self._lines) if "links" in ln), {})
 
     @property
     def failure(self) -> Ns3LinkError | None:
@@ -344,6 +434,89 @@ class Ns3Links:
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
+
+    def wifi_status(self) -> dict[str, dict]:
+        """Every station's latest state by host (position, velocity, distance_m, rx_dbm,
+        snr_db, model_rate_mbps, associated, up/down rates and counters, segment)."""
+        st = self.status() if self.proc else self.final
+        out = {}
+        for seg, info in st.get("wifi", {}).items():
+            for host, sta in info.get("stations", {}).items():
+                out[host] = dict(sta, segment=seg, t_sim_s=st.get("t_sim_s"), unix_s=st.get("unix_s"))
+        return out
+
+    def lines(self, event: str | None = None) -> list[dict]:
+        """Status lines so far (those of one ``event`` kind, if given)."""
+        self._read_status()
+        with self._lock:
+            return [dict(ln) for ln in self._lines if event is None or ln.get("event") == event]
+
+    # --- changes while running ----------------------------------------------------
+
+    def set_link(self, name: str, rate_mbps: float | None = None, delay_ms: float | None = None,
+                 loss_pct: float | None = None) -> dict:
+        """Change link ``name``'s rate (0: unlimited), one-way delay and/or loss, in both
+        directions, from now on (frames already on the wire keep their delay).
+        Returns the simulator's ``applied`` line."""
+        link = next((ln for ln in self.links if ln.name == name), None)
+        if link is None:
+            raise ConfigError(f"no ns-3 link {name!r} (links: {[ln.name for ln in self.links]})")
+        if rate_mbps is None and delay_ms is None and loss_pct is None:
+            raise ConfigError(f"link {name!r}: nothing to change (rate_mbps, delay_ms, loss_pct)")
+        for key, v, hi in (("rate_mbps", rate_mbps, 100_000), ("delay_ms", delay_ms, 60_000),
+                           ("loss_pct", loss_pct, 100)):
+            if v is not None and not 0 <= v <= hi:
+                raise ConfigError(f"link {name!r}: {key} must be within 0..{hi}, got {v}")
+        return self._command({"op": "set_link", "link": name, "rate_mbps": rate_mbps, "delay_ms": delay_ms,
+                              "loss_pct": loss_pct})
+
+    def move_station(self, host: str, to, speed: float = 0.0) -> dict:
+        """Move station ``host`` to ``to`` ([x, y] or [x, y, z], m): at once (speed 0) or in a
+        straight line at ``speed`` m/s, stopping there. Returns the ``applied`` line (its
+        ``eta_s`` says when it arrives)."""
+        self._station(host)
+        if not speed >= 0:
+            raise ConfigError(f"station {host!r}: speed must be >= 0 m/s, got {speed}")
+        return self._command({"op": "move", "station": host, "to": list(_vector(to, f"station {host!r}: to")),
+                              "speed": float(speed)})
+
+    def set_velocity(self, host: str, velocity) -> dict:
+        """Give station ``host`` a constant velocity ([vx, vy(, vz)], m/s; zero stops it)."""
+        self._station(host)
+        return self._command({"op": "velocity", "station": host,
+                              "velocity": list(_vector(velocity, f"station {host!r}: velocity"))})
+
+    def _station(self, host: str):
+        hosts = [st.host for seg in self.wifi for st in seg.stations]
+        if host not in hosts:
+            raise ConfigError(f"no WiFi station {host!r} (stations: {hosts})")
+
+    def _command(self, cmd: dict) -> dict:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            raise Ns3DiedError(f"cannot send {cmd['op']}: the ns-3 process is not running; see {self.log_path}")
+        with self._cmd_lock:
+            self._next_id += 1
+            cid = self._next_id
+            try:
+                proc.stdin.write((json.dumps({"id": cid, **cmd}) + "\n").encode())
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError) as e:
+                raise Ns3DiedError(f"cannot send {cmd['op']} to the ns-3 process: {e}; see {self.log_path}") from None
+
+        def answer():
+            self._read_status()
+            if proc.poll() is not None:
+                raise Ns3DiedError(f"the ns-3 process exited before applying {cmd}; see {self.log_path}")
+            with self._lock:
+                return next((ln for ln in self._lines if ln.get("id") == cid
+                             and ln.get("event") in ("applied", "rejected")), None)
+
+        got = wait_for(answer, self.command_timeout, f"the ns-3 process to apply command {cid} ({cmd['op']})",
+                       interval=0.01, last=self._last_event)
+        if got["event"] == "rejected":
+            raise ConfigError(f"the ns-3 process rejected {cmd}: {got.get('reason')}")
+        return got
 
     def counters(self, link: str) -> dict:
         """Frames and drops per direction of ``link`` so far (``a_to_b``, ``b_to_a``)."""

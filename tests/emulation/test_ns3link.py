@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from testbed import clean
+from testbed.network import emulation_lock
 from testbed.ns3link import ConfigError, LinkSpec, Ns3DiedError, Ns3LagError, Ns3Links, TapEnd, TapError
 from testbed.wait import wait_for
 
@@ -210,6 +211,49 @@ def test_link_is_full_duplex(tmp_path, emu):
     rev = j["end"]["sum_received_bidir_reverse"]["bits_per_second"] / 1e6
     print(f"20 Mbit/s link, both directions at once: a->b {fwd:.2f}, b->a {rev:.2f} Mbit/s")
     assert 17.0 <= fwd <= 22.0 and 17.0 <= rev <= 22.0, f"a->b {fwd:.2f}, b->a {rev:.2f} Mbit/s"
+
+
+def fresh_counters(sim) -> dict:
+    """l1's a->b counters from a status line written after now (they come once a second)."""
+    t = time.time()
+    wait_for(lambda: sim.status().get("unix_s", 0) > t, 5, "a status line newer than now")
+    return sim.counters("l1")["a_to_b"]
+
+
+def test_link_changes_while_running(tmp_path, emu):
+    """Delay, rate and loss change while the link runs (Ns3Links.set_link: a command on
+    the process's stdin, applied by the simulator thread), and the change is measured.
+
+    5 ms -> 25 ms one way: the ping RTT goes from ~10 to ~50 ms; 20 -> 5 Mbit/s: TCP
+    goodput falls to 5 Mbit/s within 10 %; 0 -> 20 % loss: ns-3 drops ~20 % of the
+    pings' frames (its own counter) and then no more once set back to 0."""
+    with emulation_lock(lambda *_: None), ns3_pair(tmp_path, emu, rate_mbps=20, delay_ms=5) as (sim, ns_a, ns_b):
+        _, got1, rtt1, out = ping(ns_a, IP_B, 20, 0.05)
+        applied = sim.set_link("l1", delay_ms=25)
+        assert applied["event"] == "applied" and applied["delay_ns"] == 25e6, applied
+        _, got2, rtt2, out2 = ping(ns_a, IP_B, 20, 0.05)
+        sim.set_link("l1", rate_mbps=5)
+        j = iperf3(ns_a, ns_b, ["-O", "2"], duration=6)
+        slow = j["end"]["sum_received"]["bits_per_second"] / 1e6
+        before = fresh_counters(sim)
+        sim.set_link("l1", loss_pct=20, delay_ms=1)
+        sent, echoed, _, _ = ping(ns_a, IP_B, 300, 0.01)
+        mid = fresh_counters(sim)
+        sim.set_link("l1", loss_pct=0)
+        ping(ns_a, IP_B, 100, 0.01)
+        after = fresh_counters(sim)
+        with pytest.raises(ConfigError, match="no ns-3 link 'nope'"):
+            sim.set_link("nope", rate_mbps=1)
+    med1, med2 = sorted(rtt1)[len(rtt1) // 2], sorted(rtt2)[len(rtt2) // 2]
+    frames = mid["frames_in"] - before["frames_in"]
+    lost = mid["loss_drops"] - before["loss_drops"]
+    print(f"RTT {med1:.2f} -> {med2:.2f} ms (5 -> 25 ms one way); TCP at 5 Mbit/s: {slow:.2f} Mbit/s; "
+          f"20 % loss: ns-3 dropped {lost} of {frames} frames a->b, pings {echoed}/{sent}")
+    assert got1 == got2 == 20, (out[-400:], out2[-400:])
+    assert 9.0 <= med1 <= 12.0 and 49.0 <= med2 <= 53.0, (rtt1, rtt2)
+    assert 4.5 <= slow <= 5.5, f"{slow:.2f} Mbit/s after the rate went to 5 Mbit/s"
+    assert 0.13 <= lost / frames <= 0.27, (lost, frames)
+    assert after["loss_drops"] == mid["loss_drops"], "frames still dropped after loss went back to 0"
 
 
 def test_loss_matches_configured_loss(tmp_path, emu):
