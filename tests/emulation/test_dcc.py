@@ -136,8 +136,10 @@ def test_replan_after_link_failure_mid_task(tmp_path):
     for e in later:
         p = e["path"] or []
         assert not any({p[i], p[i + 1]} == {"s2", "s3"} for i in range(len(p) - 1)), e
-    task = json.loads((out / "summary.json").read_text())["tasks"][0]
+    summary = json.loads((out / "summary.json").read_text())
+    task = summary["tasks"][0]
     assert task["reached"], task
+    assert summary["lineage_problems"] == [], summary["lineage_problems"]  # no model version lost
     # the link failed while the task ran, not after
     end = next(e for e in events if e["kind"] == "task_result")
     assert down[0]["t"] < end["t"]

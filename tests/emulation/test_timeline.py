@@ -9,6 +9,7 @@ a core) keep the task going while the timeline runs.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -64,6 +65,8 @@ def test_task_survives_the_timeline(timeline_run):
     [res] = [e for e in events if e["kind"] == "task_result"]
     assert res["end_reason"] in ("target_reached", "laps_exhausted", "deadline"), res
     assert res["sha256"], res  # a verified model came back
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["lineage_problems"] == [], summary["lineage_problems"]  # no version lost or unlinked
     active = [e for e in events if e["kind"] == "train"]
     assert active[-1]["t"] > _runner(events, "link_state_changed")[-1]["t"], \
         "the task ended before the timeline finished: nothing here was re-planned mid-task"
