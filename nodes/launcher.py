@@ -4,8 +4,9 @@
 node code, then forks one child per emulated host; each child enters its
 host's network namespace (setns on /proc/PID/ns/net of the Mininet host
 shell) and runs its roles. Forking shares the ~300 MiB torch import between
-nodes (DESIGN.md §5: 79 MiB per node instead of ~300), which is what lets many
-PyTorch nodes fit on one machine. The parent waits for the clients, then
+nodes, which is what lets many PyTorch nodes fit on one machine; with torch warmed
+up, the data set loaded and the heap frozen before forking (share_before_fork), 200
+nodes take ~12.5 MiB of PSS each (bench/bench_scale.py; 79 MiB without those, DESIGN.md §5). The parent waits for the clients, then
 stops the rest; SIGTERM stops everything.
 
 Least privilege: setns needs CAP_SYS_ADMIN, so the children start as root; right
