@@ -222,14 +222,20 @@ class TaskTracker:
                 if new:
                     if new[0] == here and len(new) > 1:  # the model is there already: go on, come back later
                         new = new[1:] + new[:1]
-                    if new != old:
+                    new_ptr = new.index(here) if here in new and new.index(here) < len(new) - 1 else -1
+                    # the stops still to come, in order (a rotation that visits them alike is no change)
+                    if new[new_ptr + 1:] + new[:new_ptr + 1] != old[t.ptr + 1:] + old[:t.ptr + 1]:
                         t.segments = new
                         # the next request goes on from `here`'s place, or starts the new order
-                        t.ptr = new.index(here) if here in new and new.index(here) < len(new) - 1 else -1
+                        t.ptr = new_ptr
                         t.replans += 1
                         ev.append({"kind": "replan", "task": t.task_id, "cause": cause, "old": old,
                                    "new": new, "from": here, "feasible": a.feasible,
                                    "reasons": a.reasons[-5:], "policy": self.policy.name})
+                    else:  # re-planned for the change, and the plan stands: said, not silent
+                        ev.append({"kind": "replan_kept", "task": t.task_id, "cause": cause, "stops": old,
+                                   "from": here, "feasible": a.feasible, "reasons": a.reasons[-5:],
+                                   "policy": self.policy.name})
             ev += self._reroute(t, snapshot, cause)
         return ev
 

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.emulation,
 
 MODES = ("autonomous", "centralized", "fedavg", "random_walk")
 DATA = ["h2", "h4", "h6", "h8"]
-PLANNING = {"plan", "itinerary", "hop", "feasibility", "replan", "hop_flows_installed"}
+PLANNING = {"plan", "itinerary", "hop", "feasibility", "replan", "replan_kept", "hop_flows_installed"}
 
 
 @pytest.fixture(scope="module")

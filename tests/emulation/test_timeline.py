@@ -56,7 +56,9 @@ def _runner(events, kind):
 
 
 def _replans(events, cause_part: str):
-    return [e for e in events if e["kind"] == "replan" and e["src"] == "dcc" and cause_part in e.get("cause", "")]
+    """Re-plans for a cause: the plan changed (replan) or was re-made and stood (replan_kept)."""
+    return [e for e in events if e["kind"] in ("replan", "replan_kept") and e["src"] == "dcc"
+            and cause_part in e.get("cause", "")]
 
 
 def test_task_survives_the_timeline(timeline_run):

@@ -194,3 +194,15 @@ def test_a_node_that_joins_is_added_by_the_replan():
     assert "h4" in rp["new"] and rp["old"] == ["h3"] and rp["cause"] == "node joined (h4)"
     ans, _ = tr.hop_request(1, "h3", None, maps.snapshot(NOW + 2), NOW + 2)
     assert ans["next"] == "h4"
+
+
+def test_a_replan_that_keeps_the_plan_is_recorded_too(world):
+    """A change that does not alter the plan is still answered with a re-plan, recorded
+    as replan_kept (with its cause), and does not count as a re-plan of the task."""
+    _, _, maps, tr = world
+    _, task, _ = tr.submit(request(), DSCP, maps.snapshot(NOW), NOW, max_laps=3)
+    stops = list(task.segments)
+    ev = tr.replan("node joined (h9)", maps.snapshot(NOW + 1), NOW + 1)
+    kept = [e for e in ev if e["kind"] == "replan_kept"]
+    assert kept and kept[0]["cause"] == "node joined (h9)" and kept[0]["stops"] == stops
+    assert not [e for e in ev if e["kind"] == "replan"] and task.replans == 0
