@@ -131,6 +131,7 @@ class DCCApp(app_manager.OSKenApp):
         # MPVU's copy of its last verified version; the instruction answers the MPVU's report
         self.rollback_drop = self.fabric.extra.get("rollback_drop")
         self.resumes: dict[int, dict] = {}
+        self._hold = None  # the barrier group an answer being made must wait for
         self.lost_holders: dict[tuple[int, str], int] = {}  # (task, node) -> version resumed from
         self._write_state()
         self.threads.append(hub.spawn(self._probe_loop))
@@ -381,6 +382,7 @@ class DCCApp(app_manager.OSKenApp):
     @set_ev_cls(_ProbeTick)
     def _on_probe_tick(self, ev):
         now = time.time()
+        self._release_held(now)
         self._maps_events(self.maps.tick(now))
         idle = [k for k, r in self.query_routes.items() if now - r["last"] > 10.0]
         for k in idle:  # no query for 10 s: the route's flows go
@@ -520,6 +522,7 @@ class DCCApp(app_manager.OSKenApp):
         if ip is None or u is None or ip.dst != wire.DCC_IP or u.dst_port != wire.DCC_UDP_PORT:
             return
         payload = pkt.protocols[-1] if isinstance(pkt.protocols[-1], (bytes, bytearray)) else b""
+        self._hold = None
         try:
             request = self.ep.open(bytes(payload))
             answers = self._handle(request, ip.src)
@@ -528,14 +531,26 @@ class DCCApp(app_manager.OSKenApp):
             self.logger.warning("refused DA-ITN message from %s: %s", ip.src, e)
             self._write_state()
             answers = [Message(MsgType.ERROR, flags=wire.REPLY, body=wire.Error(1, str(e)[:500]))]
-        for answer in answers:
-            answer.flags |= wire.REPLY
-            reply = packet.Packet()
-            reply.add_protocol(ethernet.ethernet(dst=eth.src, src=wire.DCC_MAC, ethertype=fab.ETH_IPV4))
-            reply.add_protocol(ipv4.ipv4(src=wire.DCC_IP, dst=ip.src, proto=fab.IPPROTO_UDP))
-            reply.add_protocol(udp.udp(src_port=wire.DCC_UDP_PORT, dst_port=u.src_port))
-            reply.add_protocol(self.ep.seal(answer))  # a fresh nonce for every copy sent
-            self._packet_out(msg.datapath, in_port, reply)
+        hold, self._hold = self._hold, None
+        dp = msg.datapath
+
+        def send():
+            for answer in answers:
+                answer.flags |= wire.REPLY
+                reply = packet.Packet()
+                reply.add_protocol(ethernet.ethernet(dst=eth.src, src=wire.DCC_MAC, ethertype=fab.ETH_IPV4))
+                reply.add_protocol(ipv4.ipv4(src=wire.DCC_IP, dst=ip.src, proto=fab.IPPROTO_UDP))
+                reply.add_protocol(udp.udp(src_port=wire.DCC_UDP_PORT, dst_port=u.src_port))
+                reply.add_protocol(self.ep.seal(answer))  # a fresh nonce for every copy sent
+                self._packet_out(dp, in_port, reply)
+
+        if hold is not None and hold["dpids"]:
+            # the answer sends the model on: it leaves once every switch of the hop has
+            # confirmed its flows (barrier), else the first packets could miss them
+            hold.setdefault("then", []).append(send)
+            hold["deadline"] = time.time() + self.HOLD_MAX_S
+        else:
+            send()
 
     def _packet_out(self, dp, port, pkt):
         ofp, parser = dp.ofproto, dp.ofproto_parser
@@ -1034,6 +1049,7 @@ class DCCApp(app_manager.OSKenApp):
         self._apply(self._wanted_flows())
         touched = {f.dpid for f in self.installed ^ before}
         pending = {"task": task_id, "hop": hop, "t0": t0, "dpids": set(touched), "why": why}
+        self._hold = pending  # an answer being made now waits for these barriers (_packet_in)
         for dpid in touched:
             dp = self.datapaths.get(dpid)
             if dp is None:
@@ -1055,6 +1071,19 @@ class DCCApp(app_manager.OSKenApp):
             self.hop_install_ms.append({"task": pending["task"], "hop": pending["hop"], "ms": ms})
             self._event("hop_flows_installed", task=pending["task"], hop=pending["hop"], ms=round(ms, 3),
                         why=pending["why"])
+            for send in pending.pop("then", []):
+                send()
+
+    HOLD_MAX_S = 0.5  # an answer waits this long at most for its hop's barriers
+
+    def _release_held(self, now: float):
+        """Answers whose barriers never came back (a switch went away): send them anyway."""
+        for xid, pending in list(self.barriers.items()):
+            if pending.get("then") and now >= pending.get("deadline", now):
+                self._event("hop_answer_unconfirmed", task=pending["task"], hop=pending["hop"],
+                            waiting_for=sorted(pending["dpids"]))
+                for send in pending.pop("then", []):
+                    send()
 
     REPLAN_ON = {"link_down": "link down", "link_up": "link up", "capacity_changed": "bandwidth change",
                  "node_down": "node failure", "node_joined": "node joined", "node_up": "node back"}
